@@ -1,0 +1,375 @@
+"""ModelAdapter: wraps a classifier once and answers everything the harness and methods ask.
+
+Introspection (ViT or CNN, patch grid, prefix tokens, attention modules, GradCAM layer)
+happens here, once. Inputs are always in the model's normalised input space; use
+:meth:`ModelAdapter.normalize` on images in [0, 1].
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+from .removal import Removal
+
+DEFAULT_CPU_BUDGET_MB = 1024
+
+
+def _is_timm_vit(model: nn.Module) -> bool:
+    return all(hasattr(model, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head",
+                                            "num_prefix_tokens"))
+
+
+@dataclass
+class AttentionRecord:
+    """Attention probabilities (B, heads, T, T) per block index, and their gradients when asked."""
+
+    maps: Dict[int, torch.Tensor] = field(default_factory=dict)
+    grads: Dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def ordered(self, which: str = "maps") -> List[torch.Tensor]:
+        d = getattr(self, which)
+        return [d[i] for i in sorted(d)]
+
+
+class ModelAdapter:
+    """A classifier plus what is needed to explain it.
+
+    Args:
+        model: an ``nn.Module`` mapping normalised images (B, 3, H, W) to logits.
+        mean, std: per-channel normalisation of the model's inputs.
+        input_size: (H, W) the model expects.
+        class_indices: optional subset of the model's logits that form the task's classes
+            (e.g. the 10 ImageNet classes of Imagenette); all outputs are restricted to it.
+        patch_size: size of the removal grid's cells for CNNs (ViTs use their own patches).
+        memory_budget_mb: bound on the activations of one chunk of removal forwards.
+    """
+
+    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float],
+                 input_size: Tuple[int, int], class_indices: Optional[Sequence[int]] = None,
+                 patch_size: Optional[int] = None, device: str | torch.device = "cpu",
+                 name: str = "", memory_budget_mb: Optional[float] = None,
+                 class_names: Optional[Sequence[str]] = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.name = name or type(model).__name__
+        self.input_size = tuple(int(s) for s in input_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.class_indices = (torch.as_tensor(class_indices, dtype=torch.long, device=self.device)
+                              if class_indices is not None else None)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.is_vit = _is_timm_vit(model)
+        if self.is_vit:
+            self.patch_size = tuple(model.patch_embed.patch_size)
+            self.grid = tuple(model.patch_embed.grid_size)
+            self.num_prefix_tokens = int(model.num_prefix_tokens)
+        else:
+            ps = patch_size or (16 if min(self.input_size) >= 128 and min(self.input_size) % 16 == 0 else 8)
+            self.patch_size = (ps, ps)
+            self.grid = (self.input_size[0] // ps, self.input_size[1] // ps)
+            self.num_prefix_tokens = 0
+        if min(self.grid) < 1:
+            raise UserError(f"patch size {self.patch_size} is larger than the input {self.input_size}")
+        self.memory_budget_mb = memory_budget_mb or self._default_budget_mb()
+        self._chunk_size: Optional[int] = None
+        self._num_classes: Optional[int] = None
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def arch(self) -> str:
+        return "vit" if self.is_vit else "cnn"
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            with torch.no_grad():
+                self._num_classes = self.logits(torch.zeros(1, 3, *self.input_size, device=self.device)).shape[1]
+        return self._num_classes
+
+    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+        return (images01.to(self.device) - self.mean) / self.std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+    def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.class_indices is None else logits.index_select(1, self.class_indices)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._select(self.model(x))
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x).softmax(-1)
+
+    def forward_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The logits function as a plain callable (for captum and friends)."""
+        return self.logits
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+
+    # ---------------------------------------------------------- patch helpers
+    def patch_keep_to_pixels(self, keep: torch.Tensor) -> torch.Tensor:
+        """(..., P) patch mask → (..., H, W) pixel mask (each patch's value over its cells)."""
+        lead = keep.shape[:-1]
+        grid = keep.reshape(-1, 1, *self.grid)
+        ph, pw = self.patch_size
+        if (self.grid[0] * ph, self.grid[1] * pw) == self.input_size:
+            pix = grid.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)
+        else:
+            dtype = grid.dtype
+            pix = torch.nn.functional.interpolate(grid.float(), size=self.input_size, mode="nearest").to(dtype)
+        return pix.reshape(*lead, *self.input_size)
+
+    # ---------------------------------------------------------- ViT internals
+    def vit_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with position, prefix tokens first: (B, prefix + P, D)."""
+        m = self.model
+        t = m.patch_embed(x)
+        if t.ndim == 4:  # NHWC patch embeddings (dynamic-size models)
+            t = t.flatten(1, 2)
+        return m._pos_embed(t)
+
+    def vit_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits from an embedded token sequence (any subset of patch tokens after the prefix)."""
+        m = self.model
+        t = m.norm_pre(m.patch_drop(tokens))
+        t = m.norm(m.blocks(t))
+        return self._select(m.forward_head(t))
+
+    def gather_tokens(self, tokens: torch.Tensor, rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Prefix tokens plus the kept patch tokens ``kept`` (n, k) of images ``rows`` (n,)."""
+        pre = self.num_prefix_tokens
+        src = tokens[rows]
+        idx = (kept + pre)[..., None].expand(-1, -1, tokens.shape[-1])
+        return torch.cat([src[:, :pre], src.gather(1, idx)], dim=1)
+
+    # -------------------------------------------------------- removal engine
+    @property
+    def chunk_size(self) -> int:
+        """Inputs per forward in the removal engine, from the memory budget."""
+        if self._chunk_size is None:
+            self._chunk_size = self._estimate_chunk_size()
+        return self._chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, value: int) -> None:
+        if value < 1:
+            raise UserError(f"chunk size must be ≥ 1, got {value}")
+        self._chunk_size = int(value)
+
+    def _default_budget_mb(self) -> float:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return free / 2**20 * 0.25
+        return DEFAULT_CPU_BUDGET_MB
+
+    def _estimate_chunk_size(self) -> int:
+        """Largest module output of one input, times a safety factor for what lives alongside it."""
+        largest = [0]
+
+        def hook(_m, _i, out):
+            if torch.is_tensor(out):
+                largest[0] = max(largest[0], out.numel())
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules() if not list(m.children())]
+        try:
+            with torch.no_grad():
+                self.model(torch.zeros(1, 3, *self.input_size, device=self.device))
+        finally:
+            for h in handles:
+                h.remove()
+        per_input = 4 * 8 * max(largest[0], 3 * self.input_size[0] * self.input_size[1])
+        return int(max(1, min(4096, self.memory_budget_mb * 2**20 // per_input)))
+
+    def masked_probs(self, x: torch.Tensor, keep: torch.Tensor, removal: Removal | str = "mean",
+                     ids: Optional[Sequence[str]] = None, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Class probabilities of ``x`` with parts removed.
+
+        Args:
+            x: clean inputs (B, 3, H, W), normalised.
+            keep: which parts stay: a boolean patch mask (B, M, P) or a pixel mask (B, M, H, W)
+                (bool, or float in [0, 1] for soft masks; not for ``drop``).
+            removal: a :class:`Removal` or a strategy name.
+            ids: image ids (seed the distractor draws).
+            target: optional (B,) class per image; then only that column is returned.
+        Returns:
+            (B, M, C) probabilities, or (B, M) for ``target``; averaged over distractor draws.
+        No gradients flow; chunked to the memory budget.
+        """
+        removal = Removal(removal) if isinstance(removal, str) else removal
+        if keep.ndim != 3 and keep.ndim != 4:
+            raise ValueError(f"keep must be (B, M, P) or (B, M, H, W), got {tuple(keep.shape)}")
+        if keep.shape[0] != x.shape[0]:
+            raise ValueError(f"keep has {keep.shape[0]} rows for {x.shape[0]} images")
+        keep = keep.to(x.device)
+        with torch.no_grad():
+            if removal.strategy == "drop":
+                probs = self._dropped_probs(x, keep)
+            else:
+                probs = self._filled_probs(x, keep, removal, ids)
+        if target is not None:
+            return probs.gather(2, target.to(probs.device).view(-1, 1, 1).expand(-1, probs.shape[1], 1))[..., 0]
+        return probs
+
+    def masked_logits(self, x: torch.Tensor, keep: torch.Tensor, removal: Removal | str = "mean",
+                      fill: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (n, C) of n inputs with one mask each, differentiable (for training on masked inputs).
+
+        keep: (n, P) boolean patch mask, or (n, H, W) pixel mask (not for ``drop``);
+        fill: (n, 3, H, W) what removed pixels become (default: the strategy's first fill).
+        """
+        removal = Removal(removal) if isinstance(removal, str) else removal
+        if removal.strategy == "drop":
+            self._check_drop(keep[:, None])
+            tokens = self.vit_embed(x)
+            counts = keep.sum(1)
+            out = None
+            for k in counts.unique().tolist():
+                rows = (counts == k).nonzero()[:, 0]
+                logits = self.vit_from_tokens(self.gather_tokens(tokens, rows, keep[rows].nonzero()[:, 1].view(-1, k)))
+                if out is None:
+                    out = logits.new_empty(len(x), logits.shape[1])
+                out = out.index_copy(0, rows, logits)
+            return out
+        if keep.ndim == 2:
+            keep = self.patch_keep_to_pixels(keep)
+        if fill is None:
+            if removal.strategy == "distractor":
+                raise ValueError("masked_logits with distractor removal needs an explicit fill")
+            fill = removal.fill(x)[:, 0]
+        return self.logits(Removal.compose(x, keep, fill))
+
+    def _check_drop(self, keep: torch.Tensor) -> None:
+        if not self.is_vit:
+            raise UserError(f"removal 'drop' needs a ViT; {self.name} is a CNN: use mean, blur or distractor")
+        if keep.ndim != 3 or keep.dtype != torch.bool or keep.shape[2] != self.num_patches:
+            raise ValueError(f"removal 'drop' needs a boolean patch mask (B, M, {self.num_patches})")
+
+    def _dropped_probs(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        self._check_drop(keep)
+        B, M, P = keep.shape
+        tokens = self.vit_embed(x)
+        flat = keep.reshape(B * M, P)
+        counts = flat.sum(1)
+        out: Optional[torch.Tensor] = None
+        full = self.num_prefix_tokens + P
+        for k in counts.unique().tolist():
+            rows = (counts == k).nonzero()[:, 0]
+            kept = flat[rows].nonzero()[:, 1].view(len(rows), k)
+            step = max(1, self.chunk_size * full // (self.num_prefix_tokens + k))
+            for s in range(0, len(rows), step):
+                r = rows[s: s + step]
+                p = self.vit_from_tokens(self.gather_tokens(tokens, r // M, kept[s: s + step])).float().softmax(-1)
+                if out is None:
+                    out = torch.empty(B * M, p.shape[1], device=x.device)
+                out[r] = p
+        return out.view(B, M, -1)
+
+    def _filled_probs(self, x: torch.Tensor, keep: torch.Tensor, removal: Removal,
+                      ids: Optional[Sequence[str]]) -> torch.Tensor:
+        if keep.ndim == 3:
+            if keep.shape[2] != self.num_patches:
+                raise ValueError(f"patch mask has {keep.shape[2]} patches, the model has {self.num_patches}")
+            keep = self.patch_keep_to_pixels(keep)
+        B, M = keep.shape[:2]
+        fill = removal.fill(x, ids)
+        D = fill.shape[1]
+        total = B * M * D
+        out: Optional[torch.Tensor] = None
+        for s in range(0, total, self.chunk_size):
+            idx = torch.arange(s, min(total, s + self.chunk_size), device=x.device)
+            b, m, d = idx // (M * D), (idx // D) % M, idx % D
+            inputs = Removal.compose(x[b], keep[b, m], fill[b, d])
+            p = self.logits(inputs).float().softmax(-1)
+            if out is None:
+                out = torch.empty(total, p.shape[1], device=x.device)
+            out[s: s + len(idx)] = p
+        return out.view(B, M, D, -1).mean(2)
+
+    # ---------------------------------------------------------- attention
+    def attention_modules(self) -> List[nn.Module]:
+        if not self.is_vit:
+            raise UserError(f"{self.name} is not a ViT: it has no attention maps")
+        mods = [blk.attn for blk in self.model.blocks]
+        if not all(hasattr(a, "attn_drop") and hasattr(a, "fused_attn") for a in mods):
+            raise UserError(f"{self.name}: attention recording supports timm's standard Attention blocks only")
+        return mods
+
+    @contextlib.contextmanager
+    def record_attention(self, grad: bool = False):
+        """Within the block, forwards store each block's attention probabilities (B, heads, T, T)
+        in ``record.maps[block_index]`` (fused attention switched off), and with ``grad=True``
+        backward passes store their gradients in ``record.grads[block_index]``."""
+        mods = self.attention_modules()
+        record = AttentionRecord()
+        saved = [a.fused_attn for a in mods]
+        handles = []
+
+        def make_hook(i):
+            def hook(_module, inputs, _out):
+                attn = inputs[0]
+                record.maps[i] = attn
+                if grad and attn.requires_grad:
+                    attn.register_hook(lambda g: record.grads.__setitem__(i, g))
+            return hook
+
+        try:
+            for i, a in enumerate(mods):
+                a.fused_attn = False
+                handles.append(a.attn_drop.register_forward_hook(make_hook(i)))
+            yield record
+        finally:
+            for h in handles:
+                h.remove()
+            for a, f in zip(mods, saved):
+                a.fused_attn = f
+
+    def attention_mask_forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits with removed patch tokens masked out of every attention (keys), prefix kept.
+
+        The reference for ``drop``: for CLS-token models both give the same output."""
+        B, P = keep.shape
+        allowed = torch.cat([torch.ones(B, self.num_prefix_tokens, dtype=torch.bool, device=keep.device), keep], 1)
+        mask = allowed[:, None, None, :].expand(-1, 1, allowed.shape[1], -1)
+        return self._select(self.model(x, attn_mask=mask))
+
+    # ---------------------------------------------------------- GradCAM
+    def gradcam_target_layers(self) -> List[nn.Module]:
+        if self.is_vit:
+            return [self.model.blocks[-1].norm1]
+        info = getattr(self.model, "feature_info", None)
+        if info is not None:
+            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+            return [self.model.get_submodule(name)]
+        for attr in ("layer4", "stages", "features"):
+            mod = getattr(self.model, attr, None)
+            if mod is not None:
+                return [mod[-1] if isinstance(mod, nn.Sequential) else mod]
+        raise UserError(f"cannot find the last convolutional stage of {self.name} for GradCAM")
+
+    def gradcam_reshape_transform(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        if not self.is_vit:
+            return None
+        pre, (gh, gw) = self.num_prefix_tokens, self.grid
+
+        def reshape(t: torch.Tensor) -> torch.Tensor:
+            return t[:, pre:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+        return reshape
+
+    def describe(self) -> dict:
+        return {"name": self.name, "arch": self.arch, "input_size": list(self.input_size),
+                "patch_size": list(self.patch_size), "grid": list(self.grid),
+                "num_prefix_tokens": self.num_prefix_tokens, "num_classes": self.num_classes,
+                "class_indices": None if self.class_indices is None else self.class_indices.tolist(),
+                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}

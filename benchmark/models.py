@@ -1,0 +1,209 @@
+"""Model registry and loading.
+
+Registered models are *recipes*: an architecture plus how to train it on a dataset. They are
+trained on first use (with random patch removal as augmentation, so that the classifier
+behaves sensibly on masked inputs) and cached under ``<cache>/models/<name>-<hash>/``, where
+the hash covers everything that determines the weights (recipe, dataset, seed). Any other
+name is looked up in timm (see :func:`load_model`).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .adapter import ModelAdapter
+from .errors import UserError
+from .io import cache_dir as resolve_cache_dir
+from .io import file_hash, load_torch, read_json, save_torch, stable_hash, write_json
+from .registry import MODELS
+from .removal import Removal
+from .training import batches, train_epochs
+
+register_model = MODELS.register
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """A trainable classifier: architecture arguments and training hyper-parameters."""
+
+    arch: str                                   # "vit" or "resnet"
+    arch_args: Dict[str, Any]
+    dataset: str = "synthetic"
+    dataset_options: Dict[str, Any] = field(default_factory=dict)
+    input_size: Tuple[int, int] = (64, 64)
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    removal_fraction: float = 0.5               # share of each batch trained with random patch removal
+    flip: bool = True
+    seed: int = 0
+    version: int = 1                            # bump when the training code changes what it produces
+
+    def build(self, num_classes: int) -> nn.Module:
+        if self.arch == "vit":
+            from timm.models.vision_transformer import VisionTransformer
+
+            return VisionTransformer(img_size=self.input_size, num_classes=num_classes, **self.arch_args)
+        if self.arch == "resnet":
+            from timm.models.resnet import BasicBlock, ResNet
+
+            return ResNet(block=BasicBlock, num_classes=num_classes, **self.arch_args)
+        raise ValueError(f"unknown architecture {self.arch!r}")
+
+    def removal(self) -> Removal:
+        return Removal("drop" if self.arch == "vit" else "mean")
+
+
+@register_model("xaibench_vit")
+def xaibench_vit() -> ClassifierRecipe:
+    """Tiny ViT with registers for ``synthetic``: 64×64, patch 8 (64 patches), CLS + 4 registers."""
+    return ClassifierRecipe("vit", dict(patch_size=8, embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
+                                        reg_tokens=4, no_embed_class=True, global_pool="token"))
+
+
+@register_model("xaibench_resnet")
+def xaibench_resnet() -> ClassifierRecipe:
+    """Small ResNet (one BasicBlock per stage, 32–256 channels) for CNN-only methods on ``synthetic``."""
+    return ClassifierRecipe("resnet", dict(layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32),
+                            epochs=8, weight_decay=1e-4)
+
+
+# --------------------------------------------------------------------------- training
+
+def _channel_stats(images_u8: torch.Tensor) -> Tuple[list, list]:
+    x = images_u8.float() / 255.0
+    return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+
+
+def _random_keep(n: int, num_patches: int, g: torch.Generator) -> torch.Tensor:
+    """One random patch subset per row, all of one size k ~ U(1, P) (so tokens can be gathered)."""
+    k = int(torch.randint(1, num_patches + 1, (1,), generator=g))
+    idx = torch.rand(n, num_patches, generator=g).argsort(1)[:, :k]
+    return torch.zeros(n, num_patches, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def evaluate_accuracy(adapter: ModelAdapter, split, batch_size: int = 256) -> float:
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, len(split), batch_size):
+            idx = range(s, min(len(split), s + batch_size))
+            x = adapter.normalize(torch.stack([split[i].image for i in idx]))
+            y = torch.tensor([split[i].label for i in idx], device=adapter.device)
+            correct += int((adapter.logits(x).argmax(1) == y).sum())
+    return correct / max(1, len(split))
+
+
+def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.device, progress: bool) -> dict:
+    """Train ``recipe`` on its dataset; write ``model.pt`` and ``meta.json`` into ``directory``."""
+    from .datasets import load_dataset
+
+    opts = dict(recipe.dataset_options, seed=recipe.seed)
+    train, val, test = (load_dataset(recipe.dataset, s, **opts) for s in ("train", "val", "test"))
+    mean, std = _channel_stats(train.images)
+    model = recipe.build(train.num_classes).to(device)
+    adapter = ModelAdapter(model, mean=mean, std=std, input_size=recipe.input_size, device=device)
+    removal = recipe.removal()
+    steps = len(train) // recipe.batch_size
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
+                                                pct_start=0.15)
+
+    def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
+        total, seen, hits = 0.0, 0, 0
+        for idx in batches(len(train), recipe.batch_size, g):
+            x = adapter.normalize(train.images[idx].float() / 255.0)
+            y = train.labels[idx].to(device)
+            if recipe.flip:
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                x = torch.where(flip.to(device)[:, None, None, None], x.flip(3), x)
+            n_mask = int(round(recipe.removal_fraction * len(idx)))
+            logits_clean = adapter.logits(x[n_mask:])
+            if n_mask:
+                keep = _random_keep(n_mask, adapter.num_patches, g).to(device)
+                logits = torch.cat([adapter.masked_logits(x[:n_mask], keep, removal), logits_clean])
+            else:
+                logits = logits_clean
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+            hits += int((logits_clean.argmax(1) == y[n_mask:]).sum())
+            bar.step(float(loss))
+        model.eval()
+        val_acc = evaluate_accuracy(adapter, val)
+        return {"loss": total / seen, "train_acc_clean": hits / max(1, seen - n_mask * steps),
+                "val_acc": val_acc, "lr": sched.get_last_lr()[0]}
+
+    start = time.time()
+    train_epochs(directory, {"model": model}, opt, recipe.epochs, run_epoch, steps, seed=recipe.seed,
+                 scheduler=sched, scheduler_per_epoch=False, desc=f"training {recipe.arch} classifier",
+                 progress=progress)
+    test_acc = evaluate_accuracy(adapter, test)
+    meta = {"recipe": asdict(recipe), "mean": mean, "std": std, "num_classes": train.num_classes,
+            "classes": list(train.classes), "test_accuracy": test_acc, "val_accuracy": evaluate_accuracy(adapter, val),
+            "train_seconds": round(time.time() - start, 1)}
+    save_torch(directory / "model.pt", model.state_dict())
+    write_json(directory / "meta.json", meta)
+    (directory / "checkpoint.pt").unlink(missing_ok=True)
+    if progress:
+        print(f"trained {recipe.arch} classifier: test accuracy {test_acc:.2%} → {directory}", file=sys.stderr)
+    return meta
+
+
+# --------------------------------------------------------------------------- loading
+
+def recipe_key(name: str, recipe: ClassifierRecipe) -> str:
+    return f"{name}-{stable_hash(asdict(recipe))}"
+
+
+def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.device = "cpu",
+               cache_dir: Optional[str] = None, weights: Optional[str] = None, progress: bool = True,
+               dataset_options: Optional[dict] = None, seed: int = 0) -> ModelAdapter:
+    """A :class:`ModelAdapter` for a registered recipe (trained and cached on first use)."""
+    device = torch.device(device)
+    if name.lower() not in MODELS:
+        raise _unknown_model(name)
+    recipe: ClassifierRecipe = MODELS.get(name)()
+    if recipe.dataset != dataset:
+        raise UserError(f"model '{name}' is trained for dataset '{recipe.dataset}', not '{dataset}': "
+                        f"pass --weights with a checkpoint for '{dataset}', or choose another model")
+    opts = {k: v for k, v in (dataset_options or {}).items() if k in ("n_train", "n_val", "image_size")}
+    if opts or seed:
+        from dataclasses import replace
+
+        recipe = replace(recipe, dataset_options={**recipe.dataset_options, **opts}, seed=seed)
+    directory = resolve_cache_dir(cache_dir) / "models" / recipe_key(name, recipe)
+    if not (directory / "model.pt").exists():
+        if progress:
+            print(f"model '{name}' is not in the cache: training it once ({directory})", file=sys.stderr)
+        train_classifier(recipe, directory, device, progress)
+    meta = read_json(directory / "meta.json")
+    model = recipe.build(meta["num_classes"])
+    model.load_state_dict(load_torch(weights or directory / "model.pt"))
+    adapter = ModelAdapter(model, mean=meta["mean"], std=meta["std"], input_size=recipe.input_size,
+                           device=device, name=name, class_names=meta["classes"])
+    adapter.meta = {"source": "xaibench recipe", "cache_key": directory.name,
+                    "weights_sha256": file_hash(directory / "model.pt"),
+                    "test_accuracy": meta["test_accuracy"], "train_seconds": meta.get("train_seconds")}
+    return adapter
+
+
+def _unknown_model(name: str) -> UserError:
+    from .errors import unknown_name
+
+    return unknown_name("model", name, MODELS.names())
+
+
+def list_models(pattern: str = "*"):
+    return MODELS.names(pattern)

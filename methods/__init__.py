@@ -1,0 +1,5 @@
+"""Attribution methods (``xaibench.methods``): one module per method family, one registry."""
+from .base import AttributionMethod, FitContext, Requires, create_method, list_methods, register_method
+from . import gradients, reference  # noqa: F401  (register the built-in methods)
+
+__all__ = ["AttributionMethod", "FitContext", "Requires", "create_method", "list_methods", "register_method"]

@@ -1,0 +1,124 @@
+"""The one interface every attribution method answers.
+
+A method is a small class that states its mathematics in :meth:`AttributionMethod.attribute`;
+batching, devices, seeding, caching and removal live elsewhere. Register it with
+``@register_method("name")`` and it appears in ``xaibench list methods`` and in runs::
+
+    @register_method("gradient_x_input")
+    class GradientXInput(AttributionMethod):
+        label = "Grad × Input"
+        requires = Requires(gradients=True)
+
+        def attribute(self, adapter, x, target, *, ids, masks=None):
+            x = x.clone().requires_grad_(True)
+            score = adapter.logits(x).gather(1, target[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, x)
+            return Attribution((grad * x).sum(1), "pixel")
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Dict, Optional, Sequence
+
+import torch
+
+from xaibench.attribution import Attribution
+from xaibench.errors import UserError
+from xaibench.registry import METHODS
+
+register_method = METHODS.register
+
+PRESETS = ("paper", "quick")
+
+
+@dataclass(frozen=True)
+class Requires:
+    """What a method needs; the harness skips a method whose needs the run cannot meet."""
+
+    gradients: bool = False     # backpropagates through the model
+    attention: bool = False     # reads attention maps (ViT with timm Attention blocks)
+    vit: bool = False           # works on ViTs only
+    cnn: bool = False           # works on CNNs only
+    masks: bool = False         # ground-truth masks of the images it explains (Oracle)
+    training: bool = False      # must be fitted on the training split first (learned explainers)
+    distractors: bool = False   # training images at attribution time (mask optimisation)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v}
+
+
+@dataclass
+class FitContext:
+    """What ``fit`` may use: where to cache, the seed, the preset, a pool of training images
+    (normalised, for distractors), a key that identifies the dataset × classifier, progress."""
+
+    cache_dir: str
+    seed: int = 0
+    preset: str = "paper"
+    key: Dict[str, Any] = field(default_factory=dict)
+    distractors: Optional[torch.Tensor] = None
+    progress: bool = True
+
+
+class AttributionMethod:
+    """Base class. Subclasses set ``name`` (by the decorator), ``label`` (display name),
+    ``requires``, ``defaults`` (the paper's settings) and ``presets`` (overrides, e.g. ``quick``),
+    and implement :meth:`attribute`."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    requires: ClassVar[Requires] = Requires()
+    defaults: ClassVar[Dict[str, Any]] = {}
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    #: for methods that explain a model other than the classifier (COMET's own predictor)
+    explains_own_model: ClassVar[bool] = False
+
+    def __init__(self, preset: str = "paper", seed: int = 0, **params: Any) -> None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise UserError(f"method '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
+                            f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}")
+        self.preset = preset
+        self.seed = seed
+        self.params: Dict[str, Any] = {**self.defaults, **self.presets.get(preset, {}), **params}
+
+    def settings(self) -> Dict[str, Any]:
+        """Everything that determines the maps (recorded in the run's config)."""
+        return {"preset": self.preset, "seed": self.seed, **self.params}
+
+    def applies_to(self, adapter, has_masks: bool = True) -> Optional[str]:
+        """None if the method can explain this model/dataset, else the reason it cannot."""
+        r = self.requires
+        if r.vit and not adapter.is_vit:
+            return f"{self.name} needs a ViT; {adapter.name} is a CNN"
+        if r.cnn and adapter.is_vit:
+            return f"{self.name} needs a CNN; {adapter.name} is a ViT"
+        if r.attention and not adapter.is_vit:
+            return f"{self.name} reads attention maps; {adapter.name} has none"
+        if r.masks and not has_masks:
+            return f"{self.name} needs ground-truth masks; the dataset has none"
+        return None
+
+    def fit(self, adapter, train_data, ctx: FitContext) -> None:
+        """Learned methods train (or load from cache) here; others need nothing."""
+
+    def attribute(self, adapter, x: torch.Tensor, target: torch.Tensor, *,
+                  ids: Sequence[str], masks: Optional[torch.Tensor] = None) -> Attribution:
+        """Maps for a batch: x (B, 3, H, W) normalised, target (B,) class indices."""
+        raise NotImplementedError
+
+    def display_name(self) -> str:
+        return self.label or self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings()})"
+
+
+def create_method(name: str, **kwargs: Any) -> AttributionMethod:
+    return METHODS.get(name)(**kwargs)
+
+
+def list_methods(pattern: str = "*"):
+    return METHODS.names(pattern)

@@ -1,0 +1,33 @@
+"""Reference rows that calibrate every table (salvage-paper Table 1; SPEC §4)."""
+from __future__ import annotations
+
+import torch
+
+from xaibench.attribution import Attribution
+from xaibench.seeding import generator
+
+from .base import AttributionMethod, Requires, register_method
+
+
+@register_method("random")
+class Random(AttributionMethod):
+    """I.i.d. uniform patch scores, seeded by image id: SRG and R-SRG ≈ 0 in expectation."""
+
+    label = "Random"
+
+    def attribute(self, adapter, x, target, *, ids, masks=None):
+        maps = torch.stack([torch.rand(adapter.grid, generator=generator(self.seed, i, "random")) for i in ids])
+        return Attribution(maps.to(x.device), "patch")
+
+
+@register_method("oracle")
+class Oracle(AttributionMethod):
+    """The ground-truth object mask as the map (1 inside, 0 outside): RMA = RRA = PxAP = 100."""
+
+    label = "Oracle"
+    requires = Requires(masks=True)
+
+    def attribute(self, adapter, x, target, *, ids, masks=None):
+        if masks is None:
+            raise ValueError("oracle needs the ground-truth masks of the batch")
+        return Attribution(masks.to(x.device).float(), "pixel")

@@ -1,0 +1,159 @@
+"""The Metric interface.
+
+A metric is a pure, batched tensor function at its core plus a thin registered class that
+carries its metadata as class attributes: the score names it provides, the direction of
+each (``up`` = higher is better), and what it needs (ground-truth masks, the removal
+operation, a second label). ``compute`` returns per-image scores and, for curve metrics,
+per-image curves. Dataset-level metrics (PxAP) return per-image *states* instead, and
+``aggregate`` turns any set of states into the dataset value (so that a leaderboard can
+bootstrap over images).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from xaibench.attribution import Attribution
+from xaibench.errors import UserError
+from xaibench.registry import METRICS
+from xaibench.removal import Removal
+
+PRESETS = ("paper", "quick")
+UP, DOWN = "up", "down"
+
+
+def register_metric(name: Optional[str] = None):
+    """Register a Metric class under each name it provides (``name`` defaults to the first)."""
+
+    def decorator(cls):
+        names = list(cls.provides) or [name]
+        cls.name = name or names[0]
+        for n in names:
+            METRICS.register(n)(cls)
+        return cls
+
+    return decorator
+
+
+@dataclass
+class Batch:
+    """A batch as the harness hands it to methods and metrics."""
+
+    x: torch.Tensor                      # (B, 3, H, W) normalised
+    labels: torch.Tensor                 # (B,) true labels
+    targets: torch.Tensor                # (B,) explained class (prediction or label)
+    ids: List[str]
+    probs: torch.Tensor                  # (B, C) clean probabilities
+    masks: Optional[torch.Tensor] = None  # (B, H, W) bool ground-truth object masks
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def second_labels(self) -> torch.Tensor:
+        """The second most probable class of the clean prediction."""
+        return self.probs.topk(2, dim=1).indices[:, 1]
+
+
+@dataclass
+class EvalContext:
+    """Shared settings of a run's metrics: the model, the removal operation, the seed, the
+    cardinality sub-grid (None = every k) and the number of masks for sampled curves."""
+
+    adapter: Any
+    removal: Removal
+    seed: int = 0
+    cardinalities: Optional[int | Sequence[int]] = None
+    n_masks: Optional[int] = None
+
+    def ks(self, n_patches: int) -> torch.Tensor:
+        """The cardinalities evaluated: every k in 1..N (None), ``count`` evenly spaced k in 1..N
+        (an int; N is always included), or an explicit list of k."""
+        spec = self.cardinalities
+        if spec is None:
+            return torch.arange(1, n_patches + 1)
+        if isinstance(spec, int):
+            return torch.linspace(1, n_patches, min(spec, n_patches)).round().long().unique()
+        ks = sorted(set(int(k) for k in spec))
+        if ks[0] < 1 or ks[-1] > n_patches:
+            raise UserError(f"cardinalities must lie in 1..{n_patches} (the number of patches), got {ks}")
+        return torch.as_tensor(ks)
+
+
+@dataclass
+class MetricResult:
+    scores: Dict[str, torch.Tensor] = field(default_factory=dict)                         # name → (B,)
+    curves: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)    # name → x (K,), y (B, K)
+    states: Dict[str, torch.Tensor] = field(default_factory=dict)                         # name → (B, S)
+
+
+Explain = Callable[[torch.Tensor], Attribution]
+
+
+class Metric:
+    name: ClassVar[str] = ""
+    provides: ClassVar[Tuple[str, ...]] = ()
+    directions: ClassVar[Dict[str, str]] = {}
+    labels: ClassVar[Dict[str, str]] = {}        # display names, e.g. {"r_mif": "R-MIF"}
+    needs_masks: ClassVar[bool] = False
+    needs_removal: ClassVar[bool] = False
+    needs_second_label: ClassVar[bool] = False
+    dataset_level: ClassVar[bool] = False
+    defaults: ClassVar[Dict[str, Any]] = {}
+    presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
+
+    def __init__(self, preset: str = "paper", **params: Any) -> None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise UserError(f"metric '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
+                            f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}")
+        self.preset = preset
+        self.params: Dict[str, Any] = {**self.defaults, **self.presets.get(preset, {}), **params}
+
+    def settings(self) -> Dict[str, Any]:
+        return {"preset": self.preset, **self.params}
+
+    def applies(self, adapter, has_masks: bool) -> Optional[str]:
+        """None if the metric can run on this model and dataset, else the reason it cannot."""
+        if self.needs_masks and not has_masks:
+            return f"{self.name} needs ground-truth masks; the dataset has none"
+        return None
+
+    def compute(self, ctx: EvalContext, batch: Batch, attribution: Attribution,
+                explain: Optional[Explain] = None) -> MetricResult:
+        """Per-image results of one batch. ``explain(targets)`` re-runs the method being scored
+        for other target classes (completeness/soundness explain the second label)."""
+        raise NotImplementedError
+
+    def aggregate(self, name: str, states: torch.Tensor) -> float:
+        """Dataset value from per-image states (N, S) (dataset-level metrics only)."""
+        raise NotImplementedError(f"{self.name} is not a dataset-level metric")
+
+
+def create_metric(name: str, **kwargs: Any) -> Metric:
+    return METRICS.get(name)(**kwargs)
+
+
+def list_metrics(pattern: str = "*"):
+    return METRICS.names(pattern)
+
+
+def metric_directions() -> Dict[str, str]:
+    """Direction (``up``/``down``) of every registered score name."""
+    out: Dict[str, str] = {}
+    for n in METRICS.names():
+        out.update(METRICS.get(n).directions)
+    return out
+
+
+def metric_label(name: str) -> str:
+    """Display name of a score ("r_srg" → "R-SRG" unless the metric says otherwise)."""
+    if name in METRICS:
+        label = METRICS.get(name).labels.get(name)
+        if label:
+            return label
+    return name.upper().replace("_", "-")
