@@ -65,8 +65,9 @@ class ClassifierRecipe:
 @register_model("xaibench_vit")
 def xaibench_vit() -> ClassifierRecipe:
     """Tiny ViT with registers for ``synthetic``: 64×64, patch 8 (64 patches), CLS + 4 registers."""
-    return ClassifierRecipe("vit", dict(patch_size=8, embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0,
-                                        reg_tokens=4, no_embed_class=True, global_pool="token"))
+    return ClassifierRecipe("vit", dict(patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0,
+                                        reg_tokens=4, no_embed_class=True, global_pool="token"),
+                            epochs=20, lr=2e-3)
 
 
 @register_model("xaibench_resnet")
