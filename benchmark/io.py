@@ -1,6 +1,7 @@
 """Files: the cache directory, content hashes, and atomic writes (temp file + rename)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,3 +96,51 @@ def save_torch(path: str | os.PathLike, obj: Any) -> Path:
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``: checkpoints hold tensors and plain data only."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def cache_lock(directory: str | os.PathLike, what: str = "this cache entry", poll: float = 2.0):
+    """Exclusive lock on a cache directory, so that two processes never train the same entry.
+
+    The lock is a ``.lock`` file holding the owner's pid; a lock whose owner is dead is taken over.
+    """
+    import sys
+    import time
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / ".lock"
+    told = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                if not told:
+                    print(f"waiting for process {pid}, which is preparing {what} ({path})", file=sys.stderr)
+                    told = True
+                time.sleep(poll)
+                continue
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .adapter import ModelAdapter
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
-from .io import file_hash, load_torch, read_json, save_torch, stable_hash, write_json
+from .io import cache_lock, file_hash, load_torch, read_json, save_torch, stable_hash, write_json
 from .registry import MODELS
 from .removal import Removal
 from .training import batches, train_epochs
@@ -186,9 +186,11 @@ def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.dev
         recipe = replace(recipe, dataset_options={**recipe.dataset_options, **opts}, seed=seed)
     directory = resolve_cache_dir(cache_dir) / "models" / recipe_key(name, recipe)
     if not (directory / "model.pt").exists():
-        if progress:
-            print(f"model '{name}' is not in the cache: training it once ({directory})", file=sys.stderr)
-        train_classifier(recipe, directory, device, progress)
+        with cache_lock(directory, f"model '{name}'"):
+            if not (directory / "model.pt").exists():
+                if progress:
+                    print(f"model '{name}' is not in the cache: training it once ({directory})", file=sys.stderr)
+                train_classifier(recipe, directory, device, progress)
     meta = read_json(directory / "meta.json")
     model = recipe.build(meta["num_classes"])
     model.load_state_dict(load_torch(weights or directory / "model.pt"))
