@@ -137,10 +137,10 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
             hits += int((logits_clean.argmax(1) == y[n_mask:]).sum())
-            bar.step(float(loss))
+            bar.step(float(loss.detach()))
         model.eval()
         val_acc = evaluate_accuracy(adapter, val)
         return {"loss": total / seen, "train_acc_clean": hits / max(1, seen - n_mask * steps),
