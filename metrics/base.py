@@ -67,11 +67,13 @@ class EvalContext:
     seed: int = 0
     cardinalities: Optional[int | Sequence[int]] = None
     n_masks: Optional[int] = None
+    distractors: Optional[torch.Tensor] = None   # pool of normalised training images (distractor removal)
 
-    def ks(self, n_patches: int) -> torch.Tensor:
+    def ks(self, n_patches: int, default: Optional[int | Sequence[int]] = None) -> torch.Tensor:
         """The cardinalities evaluated: every k in 1..N (None), ``count`` evenly spaced k in 1..N
-        (an int; N is always included), or an explicit list of k."""
-        spec = self.cardinalities
+        (an int; N is always included), or an explicit list of k. The run's setting wins over a
+        metric's ``default`` (its preset)."""
+        spec = self.cardinalities if self.cardinalities is not None else default
         if spec is None:
             return torch.arange(1, n_patches + 1)
         if isinstance(spec, int):

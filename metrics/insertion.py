@@ -1,8 +1,12 @@
 """MIF, LIF and SRG (salvage-paper Appendix A.1, Algorithm 1; Blücher et al. 2024).
 
 Patches are ranked by attribution (descending for MIF, ascending for LIF; ties broken by a
-random order seeded per image). For each cardinality k the first k patches are kept and the
-rest removed; the score is the mean over k of the target probability, ×100. SRG = MIF − LIF.
+random order seeded per image). For each cardinality k = 1..N the first k patches are kept
+and the rest removed; the score is the mean over k of the target probability p_c, ×100
+(salvage-paper Table 3). SRG = MIF − LIF (↑). The curves (k/N, p_c ×100) are kept for plots.
+
+The ``quick`` preset evaluates 8 evenly spaced k (k = 1 and N included) instead of all N; the
+run's ``--cardinalities`` overrides either preset. ``settings()`` records the choice.
 """
 from __future__ import annotations
 
@@ -10,32 +14,21 @@ from typing import Sequence
 
 import torch
 
-from xaibench.seeding import generator
-
 from .base import DOWN, UP, Metric, MetricResult, register_metric
+from .engine import removal_probs
+from .ranking import keep_first, ranked_order
 
 
 def tie_break_order(scores: torch.Tensor, ids: Sequence[str], seed: int, descending: bool) -> torch.Tensor:
     """Patch indices (B, P) sorted by score; equal scores in a random order seeded by image id."""
-    B, P = scores.shape
-    perm = torch.stack([torch.randperm(P, generator=generator(seed, i, "tie-break")) for i in ids]).to(scores.device)
-    shuffled = scores.gather(1, perm)
-    order = shuffled.argsort(dim=1, descending=descending, stable=True)
-    return perm.gather(1, order)
-
-
-def keep_first(order: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-    """Keep masks (B, K, P): for each k, the first k patches of ``order`` (B, P)."""
-    rank = order.argsort(dim=1)
-    return rank[:, None, :] < ks.to(order.device)[None, :, None]
+    return ranked_order(scores, ids, seed, descending, purpose="tie-break")
 
 
 def insertion_curves(adapter, x, scores, targets, ids, removal, ks, seed):
     """Target probabilities (B, K) when keeping the k most (MIF) and least (LIF) relevant patches."""
     mif_keep = keep_first(tie_break_order(scores, ids, seed, descending=True), ks)
     lif_keep = keep_first(tie_break_order(scores, ids, seed, descending=False), ks)
-    keep = torch.cat([mif_keep, lif_keep], dim=1)
-    probs = adapter.masked_probs(x, keep, removal, ids=ids, target=targets)
+    probs = removal_probs(adapter, x, torch.cat([mif_keep, lif_keep], dim=1), removal, ids, targets)
     return probs[:, : len(ks)], probs[:, len(ks):]
 
 
@@ -45,13 +38,16 @@ class InsertionMetrics(Metric):
     directions = {"mif": UP, "lif": DOWN, "srg": UP}
     labels = {"mif": "MIF", "lif": "LIF", "srg": "SRG"}
     needs_removal = True
+    defaults = {"cardinalities": None}            # None = every k = 1..N (Algorithm 1)
+    presets = {"quick": {"cardinalities": 8}}
 
     def compute(self, ctx, batch, attribution, explain=None):
-        ks = ctx.ks(ctx.adapter.num_patches)
-        scores = attribution.patch_scores(ctx.adapter.grid)
+        n = ctx.adapter.num_patches
+        ks = ctx.ks(n, self.params["cardinalities"])
+        scores = attribution.patch_scores(ctx.adapter.grid).to(batch.x.device)
         mif, lif = insertion_curves(ctx.adapter, batch.x, scores, batch.targets, batch.ids, ctx.removal, ks,
                                     ctx.seed)
-        frac = ks.float() / ctx.adapter.num_patches
+        frac = ks.float() / n
         mif_s, lif_s = 100 * mif.mean(1), 100 * lif.mean(1)
         return MetricResult(scores={"mif": mif_s, "lif": lif_s, "srg": mif_s - lif_s},
                             curves={"mif": (frac, 100 * mif), "lif": (frac, 100 * lif)})

@@ -1,0 +1,93 @@
+"""Completeness and soundness — a reconstruction (completeness-soundness-appendix; SPEC §4).
+
+The main paper's definitions are not available to us; this follows the appendix (§C item 1,
+§D) as SPEC §4 reconstructs it, every constant a parameter:
+
+- g(x, a, m) = probability of label a on the input that keeps the top-s fraction of pixels of
+  map m (pixel level, patch maps upsampled; ties in a random order seeded per image) and takes
+  the other pixels from the removal strategy (default ``distractor``: random training images,
+  ``n_draws`` = 10 per input, probabilities averaged; ``mean`` or ``blur`` allowed).
+- score(x, a) = mean of g over s ∈ {0.2, 0.3, 0.4, 0.5, 0.6} (the appendix's
+  "s ~ {0.2 dim(x), …, 0.6 dim(x)}").
+- a₁, a₂ = the top and second label of the clean prediction; the method explains each label
+  separately (``explain(targets)``).
+- complete(x, a) = [score(x, a) ≥ (1 − ε₁)·p_a(x)], sound(x, a) = [score(x, a) ≤ (1 + ε₂)·p_a(x)],
+  ε₁ = 0, ε₂ = 0.1 (appendix §D).
+
+Per image, ``completeness`` = 1 if complete for both a₁ and a₂ (the worst case) else 0, and
+``soundness`` likewise, so their means are the fractions the appendix reports (in [0, 1]).
+The raw scores score(x, a₁), score(x, a₂) are reported as ``cs_score_top`` / ``cs_score_second``.
+The ``quick`` preset uses 1 distractor draw per input instead of 10.
+"""
+from __future__ import annotations
+
+import torch
+
+from xaibench.errors import UserError
+from xaibench.removal import Removal
+
+from .base import UP, Metric, MetricResult, register_metric
+from .engine import removal_probs
+from .ranking import keep_first, pixel_maps, ranked_order
+
+STRATEGIES = ("distractor", "mean", "blur")
+
+
+def top_fraction_scores(adapter, x, maps, targets, ids, removal, fractions, seed):
+    """score(x, a): mean over s of the target probability keeping the top-s fraction of pixels.
+    maps (B, H·W) pixel level → (B,) and the per-s values (B, S)."""
+    n = maps.shape[1]
+    counts = torch.tensor([int(round(s * n)) for s in fractions])
+    order = ranked_order(maps, ids, seed, descending=True, purpose="completeness")
+    keep = keep_first(order, counts).view(maps.shape[0], len(fractions), *adapter.input_size)
+    g = removal_probs(adapter, x, keep, removal, ids, targets)
+    return g.mean(1), g
+
+
+@register_metric("completeness")
+class CompletenessSoundness(Metric):
+    provides = ("completeness", "soundness", "cs_score_top", "cs_score_second")
+    directions = {"completeness": UP, "soundness": UP}
+    labels = {"completeness": "Compl.", "soundness": "Sound.", "cs_score_top": "CS-score(a1)",
+              "cs_score_second": "CS-score(a2)"}
+    needs_second_label = True
+    needs_distractors = True
+    defaults = {"fractions": (0.2, 0.3, 0.4, 0.5, 0.6), "eps1": 0.0, "eps2": 0.1, "removal": "distractor",
+                "n_draws": 10}
+    presets = {"quick": {"n_draws": 1}}
+
+    def removal(self, ctx) -> Removal:
+        strategy = self.params["removal"]
+        if strategy not in STRATEGIES:
+            raise UserError(f"completeness removal '{strategy}' is not valid. Valid: {', '.join(STRATEGIES)}")
+        pool = None
+        if strategy == "distractor":
+            pool = ctx.distractors if ctx.distractors is not None else ctx.removal.distractors
+            if pool is None:
+                raise UserError("completeness with removal 'distractor' needs a pool of training images "
+                                "(EvalContext.distractors)")
+        return Removal(strategy, n_draws=int(self.params["n_draws"]), seed=ctx.seed, distractors=pool)
+
+    def compute(self, ctx, batch, attribution, explain=None):
+        removal = self.removal(ctx)
+        fractions = [float(s) for s in self.params["fractions"]]
+        top2 = batch.probs.topk(2, dim=1)
+        labels = top2.indices.T.to(batch.x.device)           # (2, B): a1, a2
+        p_clean = top2.values.T.to(batch.x.device)           # (2, B)
+        complete, sound, raw = [], [], []
+        for j in range(2):
+            a = labels[j]
+            if torch.equal(a, batch.targets.to(a.device)):
+                attr = attribution
+            elif explain is None:
+                raise ValueError("completeness needs the explain(targets) callback to explain a second label")
+            else:
+                attr = explain(a)
+            maps = pixel_maps(attr, ctx.adapter.input_size).to(batch.x.device)
+            score, _ = top_fraction_scores(ctx.adapter, batch.x, maps, a, batch.ids, removal, fractions, ctx.seed)
+            complete.append(score >= (1 - float(self.params["eps1"])) * p_clean[j])
+            sound.append(score <= (1 + float(self.params["eps2"])) * p_clean[j])
+            raw.append(score)
+        return MetricResult(scores={"completeness": (complete[0] & complete[1]).float(),
+                                    "soundness": (sound[0] & sound[1]).float(),
+                                    "cs_score_top": raw[0], "cs_score_second": raw[1]})
