@@ -2,7 +2,8 @@
 
     xaibench run                      # embedded default: synthetic, tiny ViT, every method and metric
     xaibench list methods|metrics|datasets|models [PATTERN]
-    xaibench leaderboard RUN_DIR [RUN_DIR ...]
+    xaibench leaderboard RUN_DIR [RUN_DIR ...] [--format markdown|latex|csv|json]
+    xaibench plot RUN_DIR [--kind curves|bars|grid|all]
 
 Bad input (unknown names, nonsensical numbers, a plugin that fails to import) prints one line
 and exits with code 2.
@@ -57,6 +58,60 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _add_train_parser(sub):
+    """``xaibench train <what> …``; returns the sub-parsers so that other trainers can be added."""
+    p = sub.add_parser("train", help="train something once and cache it (e.g. a classifier for a dataset)")
+    what = p.add_subparsers(dest="what", required=True)
+    c = what.add_parser("classifier", help="fine-tune a timm model on a dataset that is not an ImageNet subset")
+    c.add_argument("--dataset", required=True, help="dataset name (xaibench list datasets)")
+    c.add_argument("--model", required=True, help="timm model name (its ImageNet weights are the starting point)")
+    c.add_argument("--weights", default=None, help="start from this local checkpoint instead of timm's download")
+    c.add_argument("--data-root", default=None, help="an existing copy of the dataset (no download)")
+    c.add_argument("--epochs", type=int, default=5)
+    c.add_argument("--lr", type=float, default=1e-4, help="learning rate of the backbone")
+    c.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the new classifier head")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--head-only", action="store_true", help="train the new head only (backbone frozen)")
+    c.add_argument("--removal-fraction", type=float, default=0.0,
+                   help="share of each batch trained with random patch removal")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
+    return what
+
+
+def cmd_train_classifier(args) -> int:
+    import torch
+
+    from .errors import check_positive
+    from .pretrained import FinetuneRecipe, finetune_classifier, is_timm_model
+
+    for name in ("epochs", "lr", "head_lr", "batch_size"):
+        check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_positive("--removal-fraction", args.removal_fraction, allow_zero=True)
+    if not is_timm_model(args.model):
+        raise UserError(f"unknown timm model '{args.model}': pass a name from timm.list_models()")
+    from .registry import DATASETS
+
+    DATASETS.get(args.dataset)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    recipe = FinetuneRecipe(model=args.model, dataset=args.dataset.lower(), epochs=args.epochs, lr=args.lr,
+                            head_lr=args.head_lr, batch_size=args.batch_size, head_only=args.head_only,
+                            removal_fraction=args.removal_fraction, seed=args.seed)
+    directory = finetune_classifier(recipe, device=device, cache_dir=args.cache_dir, data_root=args.data_root,
+                                    weights=args.weights, progress=not args.quiet)
+    print(f"{directory / 'model.pt'}\n`xaibench run --dataset {recipe.dataset} --model {recipe.model}` now uses it")
+    return 0
+
+
+TRAIN_COMMANDS = {"classifier": cmd_train_classifier}
+
+
+def cmd_train(args) -> int:
+    return TRAIN_COMMANDS[args.what](args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xaibench", description="Benchmark attribution methods for image classifiers.")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -65,13 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $XAIBENCH_CACHE or ~/.cache/xaibench)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
+    _add_train_parser(sub)
     p = sub.add_parser("list", help="list registered methods, metrics, datasets or models")
     p.add_argument("kind", choices=["methods", "metrics", "datasets", "models"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. '*cam*'")
     p = sub.add_parser("leaderboard", help="aggregate finished runs into a leaderboard")
-    p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--format", default="markdown", choices=["markdown", "csv"])
+    p.add_argument("runs", nargs="+", help="run directories (several: one column group per dataset/model)")
+    p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json"])
+    p.add_argument("--metrics", default=None, help="comma list of score names or wildcards (default: all)")
+    p.add_argument("--methods", default=None, help="comma list of method names or wildcards (default: all)")
+    p.add_argument("--no-ci", action="store_true", help="leave the ± confidence half-widths out (markdown, latex)")
     p.add_argument("--out", default=None, help="write to this file instead of printing")
+    p = sub.add_parser("plot", help="figures of a finished run: curves, bars, grid (PNG and PDF)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--kind", default="all", choices=["curves", "bars", "grid", "all"])
+    p.add_argument("--methods", default=None, help="comma list of method names or wildcards (default: all)")
+    p.add_argument("--metrics", default=None, help="bars only: score names (default: srg, r_srg where present)")
+    p.add_argument("--n-images", type=int, default=6, help="grid only: images in the seeded sample")
+    p.add_argument("--seed", type=int, default=None, help="grid only: sample seed (default: the run's seed)")
+    p.add_argument("--data-root", default=None, help="grid only: where the run's dataset lies (default: as in the run)")
+    p.add_argument("--out", default=None, help="directory for the figures (default: RUN/figures)")
     return parser
 
 
@@ -103,29 +171,38 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _names(text):
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 def cmd_leaderboard(args) -> int:
     from pathlib import Path
 
-    import pandas as pd
+    from .exports import render
+    from .leaderboard import leaderboard
 
-    from .leaderboard import to_markdown
-
-    frames = []
-    for run_dir in args.runs:
-        path = Path(run_dir) / "leaderboard.csv"
-        if not path.exists():
-            raise UserError(f"'{run_dir}' is not a finished run directory (no leaderboard.csv)")
-        frames.append(pd.read_csv(path))
-    table = pd.concat(frames, ignore_index=True)
-    text = table.to_csv(index=False) if args.format == "csv" else to_markdown(table)
+    table, runs = leaderboard(args.runs, metrics=_names(args.metrics), methods=_names(args.methods))
+    text = render(table, args.format, ci=not args.no_ci, runs_info=runs)
     if args.out:
-        Path(args.out).write_text(text)
+        from .io import write_text
+
+        write_text(Path(args.out), text)
     else:
         print(text, end="")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}
+def cmd_plot(args) -> int:
+    from .plots import plot_run
+
+    for path in plot_run(args.run, kind=args.kind, out_dir=args.out, methods=_names(args.methods),
+                         metrics=_names(args.metrics), n_images=args.n_images, seed=args.seed,
+                         cache_dir=args.cache_dir, data_root=args.data_root):
+        print(path)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "train": cmd_train}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -70,7 +70,8 @@ class RunConfig:
     _NOT_HASHED = ("out", "run_id", "cache_dir", "progress", "plugins", "chunk_size", "data_root")
 
 
-DEFAULT_MODELS = {EMBEDDED_DATASET: "xaibench_vit"}
+DEFAULT_MODELS = {EMBEDDED_DATASET: "xaibench_vit",
+                  "imagenette": "vit_small_patch16_224.augreg_in21k_ft_in1k"}   # ImageNet head, subset to 10
 DEFAULT_N_IMAGES = {EMBEDDED_DATASET: 200}
 
 
@@ -153,11 +154,12 @@ class Run:
         self.data = load_dataset(self.dataset, c.split, **opts)
         n = min(self.n_images or len(self.data), len(self.data))
         self.indices = list(range(n))
-        if self.model_name not in MODELS:
-            from .errors import unknown_name
-            raise unknown_name("model", self.model_name, MODELS.names())
         self.adapter = load_model(self.model_name, dataset=self.dataset, device=self.device,
-                                  cache_dir=c.cache_dir, weights=c.weights, progress=c.progress, seed=c.seed)
+                                  cache_dir=c.cache_dir, weights=c.weights, progress=c.progress, seed=c.seed,
+                                  data=self.data, data_root=c.data_root)
+        from .datasets.folder import attach_preprocessing
+
+        attach_preprocessing(self.data, self.adapter)   # image files → the model's size, crop, masks alike
         if c.chunk_size:
             self.adapter.chunk_size = c.chunk_size
         strategy = c.removal if c.removal != "auto" else ("drop" if self.adapter.is_vit else "mean")
@@ -176,8 +178,11 @@ class Run:
         if self.train_data is None:
             from .datasets import load_dataset
 
-            self.train_data = load_dataset(self.dataset, "train", seed=self.cfg.seed, cache_dir=self.cfg.cache_dir,
-                                           data_root=self.cfg.data_root)
+            from .datasets.folder import attach_preprocessing
+
+            self.train_data = attach_preprocessing(
+                load_dataset(self.dataset, "train", seed=self.cfg.seed, cache_dir=self.cfg.cache_dir,
+                             data_root=self.cfg.data_root), self.adapter)
         return self.train_data
 
     def _distractors(self) -> torch.Tensor:
@@ -187,7 +192,9 @@ class Run:
         train = self._train_split()
         g = generator(self.cfg.seed, "distractor-pool")
         pick = torch.randperm(len(train), generator=g)[: self.cfg.distractor_pool].tolist()
-        return self.adapter.normalize(torch.stack([train[i].image for i in pick]))
+        from .datasets.folder import read_samples
+
+        return self.adapter.normalize(torch.stack([smp.image for smp in read_samples(train, pick)]))
 
     def run_id(self) -> str:
         if self.cfg.run_id:
@@ -202,9 +209,13 @@ class Run:
         """Yield :class:`Batch` objects (clean probabilities and targets included)."""
         from xaibench.metrics import Batch
 
+        from .datasets.folder import read_samples
+
         bs = self.cfg.batch_size
         for s in range(0, len(self.indices), bs):
-            samples = [self.data[i] for i in self.indices[s: s + bs]]
+            samples = read_samples(self.data, self.indices[s: s + bs])   # unreadable files → data.skipped
+            if not samples:
+                continue
             x = self.adapter.normalize(torch.stack([smp.image for smp in samples]))
             labels = torch.tensor([smp.label for smp in samples], device=self.device)
             masks = (torch.stack([smp.mask for smp in samples]).to(self.device)
@@ -226,7 +237,8 @@ class Run:
         (self.dir / "parts").mkdir(parents=True, exist_ok=True)
         metrics = [cls(preset=self.preset) for cls in self.metric_classes]
         ctx = EvalContext(self.adapter, self.removal, seed=self.cfg.seed,
-                          cardinalities=self.cfg.cardinalities, n_masks=self.cfg.n_masks)
+                          cardinalities=self.cfg.cardinalities, n_masks=self.cfg.n_masks,
+                          distractors=self.distractors)
         fit_ctx = FitContext(cache_dir=str(cache_dir(self.cfg.cache_dir) / "explainers"),
                              seed=self.cfg.seed, preset=self.preset, distractors=self.distractors,
                              key={"dataset": self.dataset, "model": self.adapter.meta},
@@ -240,6 +252,13 @@ class Run:
             status[method.name] = self._run_method(method, active_metrics, ctx, fit_ctx)
         self._merge(methods, metrics, status)
         self._write_config(methods, metrics, metric_status, status, seconds=time.time() - t0)
+        if self.data.skipped:  # shown even with --quiet: these images are missing from every score
+            print(f"warning: {len(self.data.skipped)} unreadable image(s) skipped (listed in config.json "
+                  f"dataset.skipped_files): " + "; ".join(f"{p} ({r})" for p, r in self.data.skipped[:5]),
+                  file=sys.stderr)
+        from .exports import write_leaderboards  # leaderboard.{md,tex,csv,json}, from the files just written
+
+        self.leaderboard_markdown = write_leaderboards(self.dir)
         return self.dir
 
     def _part_dir(self, method) -> Path:
@@ -351,8 +370,6 @@ class Run:
 
     # ------------------------------------------------------------------ outputs
     def _merge(self, methods, metrics, status) -> None:
-        from .leaderboard import build_leaderboard, write_leaderboards
-
         frames, curve_frames, all_states = [], [], {}
         for method in methods:
             if status[method.name].get("status") != "done":
@@ -373,8 +390,6 @@ class Run:
         write_csv(self.dir / "scores.csv", scores)
         write_csv(self.dir / "curves.csv", curves)
         save_torch(self.dir / "states.pt", all_states)
-        table = build_leaderboard(self.dir, scores=scores, states=all_states, metrics=metrics, seed=self.cfg.seed)
-        self.leaderboard_markdown = write_leaderboards(self.dir, table)
 
     def _write_config(self, methods, metrics, metric_status, status, seconds: Optional[float] = None) -> None:
         cfg = {k: v for k, v in asdict(self.cfg).items()}
@@ -391,7 +406,8 @@ class Run:
                          "chunk_size": self.adapter.chunk_size},
             "model": {**self.adapter.describe(), **getattr(self.adapter, "meta", {})},
             "dataset": {"name": self.dataset, "split": self.cfg.split, "has_masks": self.data.has_masks,
-                        "classes": list(self.data.classes), "skipped_files": list(self.data.skipped)},
+                        "classes": list(self.data.classes), "skipped_files": list(self.data.skipped),
+                        "options": getattr(self.data, "options", {})},
             "methods": {m.name: {"label": m.display_name(), "requires": m.requires.as_dict(),
                                  "settings": m.settings(), **{k: v for k, v in status.get(m.name, {}).items()
                                                               if k not in ("settings", "traceback")}}
