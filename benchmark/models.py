@@ -170,11 +170,24 @@ def recipe_key(name: str, recipe: ClassifierRecipe) -> str:
 
 def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.device = "cpu",
                cache_dir: Optional[str] = None, weights: Optional[str] = None, progress: bool = True,
-               dataset_options: Optional[dict] = None, seed: int = 0) -> ModelAdapter:
-    """A :class:`ModelAdapter` for a registered recipe (trained and cached on first use)."""
+               dataset_options: Optional[dict] = None, seed: int = 0, data=None,
+               data_root: Optional[str] = None) -> ModelAdapter:
+    """A :class:`ModelAdapter` for a registered recipe (trained and cached on first use), or for
+    any other timm model name (pretrained, ``--weights``, or fine-tuned: see :mod:`xaibench.pretrained`;
+    ``data`` is the split it will see, loaded here from ``dataset`` when not given)."""
     device = torch.device(device)
     if name.lower() not in MODELS:
-        raise _unknown_model(name)
+        from .pretrained import is_timm_model, load_timm_model
+
+        if not is_timm_model(name):
+            raise _unknown_model(name)
+        if data is None:
+            from .datasets import load_dataset
+
+            data = load_dataset(dataset, "test", seed=seed, cache_dir=cache_dir, data_root=data_root,
+                                **(dataset_options or {}))
+        return load_timm_model(name, data=data, dataset=dataset, device=device, weights=weights,
+                               cache_dir=cache_dir, progress=progress)
     recipe: ClassifierRecipe = MODELS.get(name)()
     if recipe.dataset != dataset:
         raise UserError(f"model '{name}' is trained for dataset '{recipe.dataset}', not '{dataset}': "
@@ -205,7 +218,8 @@ def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.dev
 def _unknown_model(name: str) -> UserError:
     from .errors import unknown_name
 
-    return unknown_name("model", name, MODELS.names())
+    err = unknown_name("model", name, MODELS.names())
+    return UserError(f"{err}, or any timm model name (timm.list_models())")
 
 
 def list_models(pattern: str = "*"):

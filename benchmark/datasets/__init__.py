@@ -27,5 +27,6 @@ def list_datasets(pattern: str = "*"):
 
 
 from . import synthetic  # noqa: E402,F401  (registers the embedded default)
+from . import imagenette, mura, pets  # noqa: E402,F401  (real datasets: download or --data-root)
 
 __all__ = ["DatasetSplit", "Sample", "TensorSplit", "register_dataset", "load_dataset", "list_datasets"]
