@@ -108,6 +108,12 @@ def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> L
     if len(nan):
         lines.append("Images with no value (NaN), left out of the mean: " + ", ".join(
             f"{r.method_label} {r.metric_label} ({r.n_nan})" for r in nan.itertuples()) + ".")
+    return lines + not_run(runs_info)
+
+
+def not_run(runs_info: Optional[list]) -> List[str]:
+    """One line per run naming the methods that were skipped or failed, with the reason."""
+    lines = []
     for run in runs_info or []:
         skipped = {m: i.get("reason", "") for m, i in run.config.get("methods", {}).items()
                    if i.get("status") in ("skipped", "failed")}
@@ -125,7 +131,7 @@ def _md_escape(text: str) -> str:
 def to_markdown(table: pd.DataFrame, ci: bool = True, runs_info: Optional[list] = None) -> str:
     """GitHub table: methods as rows; headers "group · metric ↑" when several runs are merged."""
     if table.empty:
-        return "(no results)\n"
+        return "\n".join(["(no results)"] + not_run(runs_info)) + "\n"
     table = _with_group(table)
     methods, cols, cells, info, directions, labels = grid(table)
     several = len({g for g, _ in cols}) > 1

@@ -3,7 +3,7 @@ never pyplot's global state).
 
 - ``curves``: the MIF / LIF / SRG and R-MIF / R-LIF / R-SRG curves against the fraction of
   patches kept (salvage-paper Figure 2); the SRG curves are MIF − LIF at each fraction.
-  Any other curve a metric records gets a panel of its own.
+  (Other metrics' curves, e.g. IoU against the threshold, have other axes and stay in curves.csv.)
 - ``bars``: SRG and R-SRG (or the chosen scores) per method with the 95 % bootstrap CI as
   whiskers.
 - ``grid``: rows = a seeded sample of the run's images, columns = the image (with the
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from .errors import UserError
-from .leaderboard import RunResults, build_leaderboard, load_run, ordered, select
+from .leaderboard import RunResults, build_leaderboard, load_run, metric_sort_key, ordered, select
 from .seeding import generator
 
 KINDS = ("curves", "bars", "grid")
@@ -91,10 +91,8 @@ def plot_curves(run: RunResults, out_dir: Path, methods: Optional[Sequence[str]]
             row.append((diff, frames[a] - frames[b]))
         if row:
             panels.append(row)
-    used = {n for a, b, _ in CURVE_TRIPLES for n in (a, b)}
-    others = [(n, frames[n]) for n in sorted(have - used)]
-    for i in range(0, len(others), 3):
-        panels.append(others[i: i + 3])
+    if not panels:
+        raise UserError(f"run '{run.dir}' has no MIF/LIF or R-MIF/R-LIF curves to plot")
     ncols = max(len(r) for r in panels)
     fig, axes = _figure(len(panels), ncols, 3.6, 3.0)
     colors = _palette(run, chosen)
@@ -110,7 +108,8 @@ def plot_curves(run: RunResults, out_dir: Path, methods: Optional[Sequence[str]]
                 if m in frame.columns:
                     s = frame[m].dropna()
                     ax.plot(s.index, s.values, label=run.method_label(m), color=colors[m], lw=1.6,
-                            ls="--" if m in ("random", "oracle") else "-")
+                            ls="--" if m in ("random", "oracle") else "-", marker="o" if len(s) <= 12 else None,
+                            ms=3)
             arrow = {"up": " ↑", "down": " ↓"}.get(directions.get(name, ""), "")
             ax.set_title(_label(name) + arrow)
             ax.set_xlabel("fraction of patches kept")
@@ -132,7 +131,7 @@ def plot_bars(run: RunResults, out_dir: Path, methods: Optional[Sequence[str]] =
         metrics = [m for m in DEFAULT_BAR_METRICS if m in set(table["metric"])] or list(dict.fromkeys(table["metric"]))
     table = select(table, metrics=metrics, methods=methods)
     chosen = ordered(list(table["method"]), table)
-    names = list(dict.fromkeys(table["metric"]))
+    names = sorted(dict.fromkeys(table["metric"]), key=metric_sort_key)
     fig, axes = _figure(1, len(names), 3.8, 0.45 * len(chosen) + 1.2)
     colors = _palette(run, chosen)
     for ax, name in zip(axes[0], names):
