@@ -43,7 +43,7 @@ def test_same_run_twice_gives_identical_scores(cache, tmp_path, capsys):
     config = json.loads((first / "config.json").read_text())
     assert config["versions"]["torch"] and config["config"]["seed"] == 0
     assert config["methods"]["random"]["settings"]["preset"] == "quick"
-    assert capsys.readouterr().out.count("| random") == 2     # the leaderboard is printed
+    assert capsys.readouterr().out.count("| Random") == 2     # the leaderboard is printed
 
 
 def test_another_seed_changes_random_scores(cache, tmp_path):
@@ -63,12 +63,12 @@ def test_plugin_method_is_listed_and_runs(cache, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--methods", "salency"], "unknown method 'salency'.*did you mean 'saliency'.*Valid"),
+    (["run", "--methods", "salency"], "unknown method 'salency'.*Did you mean 'saliency'.*Valid"),
     (["run", "--metrics", "srgg"], "unknown metric 'srgg'"),
     (["run", "--dataset", "imagenet-x"], "unknown dataset 'imagenet-x'.*synthetic"),
     (["run", "--model", "vit_tiny_nope"], "unknown model 'vit_tiny_nope'.*xaibench_vit"),
-    (["run", "--n-images", "-3"], "--n-images must be a positive integer, got -3"),
-    (["run", "--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["run", "--n-images", "-3"], "--n-images must be > 0, got -3"),
+    (["run", "--batch-size", "0"], "--batch-size must be > 0, got 0"),
     (["run", "--removal", "erase"], "unknown removal strategy 'erase'.*drop, mean, blur, distractor"),
     (["run", "--target", "top"], "unknown target 'top'.*pred, label"),
     (["--plugin", "no_such_module_xyz", "list", "methods"], "no_such_module_xyz"),
@@ -84,8 +84,8 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, capsys, args, messag
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.run([sys.executable, "-m", "xaibench", "run", "--methods", "gradcamm,random", "--cache-dir",
-                           str(tmp_path)], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, "-m", "xaibench", "--cache-dir", str(tmp_path), "run", "--methods",
+                           "gradcamm,random"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "unknown method 'gradcamm'" in proc.stderr
 
