@@ -236,7 +236,7 @@ class ModelAdapter:
             out = None
             for k in counts.unique().tolist():
                 rows = (counts == k).nonzero()[:, 0]
-                logits = self.vit_from_tokens(self.gather_tokens(tokens, rows, keep[rows].nonzero()[:, 1].view(-1, k)))
+                logits = self.vit_from_tokens(self.gather_tokens(tokens, rows, keep[rows].nonzero()[:, 1].view(len(rows), k)))
                 if out is None:
                     out = logits.new_empty(len(x), logits.shape[1])
                 out = out.index_copy(0, rows, logits)

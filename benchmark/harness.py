@@ -205,8 +205,11 @@ class Run:
         return f"{self.dataset}-{self.model_name}-{stable_hash(hashed, 8)}"
 
     # ------------------------------------------------------------------ batches
-    def batches(self):
-        """Yield :class:`Batch` objects (clean probabilities and targets included)."""
+    def batches(self, adapter=None):
+        """Yield :class:`Batch` objects (clean probabilities and targets included).
+
+        ``adapter``: the model whose probabilities and predicted targets the batches carry
+        (default: the classifier; a method that explains its own model passes that model)."""
         from xaibench.metrics import Batch
 
         from .datasets.folder import read_samples
@@ -221,7 +224,7 @@ class Run:
             masks = (torch.stack([smp.mask for smp in samples]).to(self.device)
                      if self.data.has_masks else None)
             with torch.no_grad():
-                probs = self.adapter.probs(x).float()
+                probs = (adapter or self.adapter).probs(x).float()
             targets = probs.argmax(1) if self.cfg.target == "pred" else labels
             yield Batch(x=x, labels=labels, targets=targets, ids=[smp.id for smp in samples], probs=probs,
                         masks=masks)
@@ -296,6 +299,13 @@ class Run:
             t = time.time()
             method.fit(self.adapter, self._train_split(), fit_ctx)
             fit_seconds = time.time() - t
+        scored_adapter = self.adapter
+        if method.explains_own_model and hasattr(method, "metric_adapter"):
+            # e.g. COMET: its faithfulness metrics run on its own predictor, not on the classifier
+            from dataclasses import replace
+
+            scored_adapter = method.metric_adapter(self.adapter)
+            ctx = replace(ctx, adapter=scored_adapter)
         rows: List[dict] = []
         curve_sum: Dict[tuple, float] = {}
         curve_n: Dict[tuple, int] = {}
@@ -305,12 +315,14 @@ class Run:
         level = None
         t_attr = t_metric = 0.0
         n_batches = -(-len(self.indices) // self.cfg.batch_size)
-        bar = tqdm(self.batches(), total=n_batches, desc=method.name, disable=not self.cfg.progress,
+        bar = tqdm(self.batches(scored_adapter), total=n_batches, desc=method.name, disable=not self.cfg.progress,
                    leave=False, file=sys.stderr, dynamic_ncols=True)
         for batch in bar:
             t = time.time()
             attribution = self._attribute(method, batch, batch.targets)
             t_attr += time.time() - t
+            if hasattr(method, "observe"):   # methods that report on the scored images (Salvage, COMET)
+                method.observe(self.adapter, batch)
             level = attribution.level
             maps.append(attribution.maps.cpu())
             ids.extend(batch.ids)

@@ -1,5 +1,6 @@
 """Attribution methods (``xaibench.methods``): one module per method family, one registry."""
 from .base import AttributionMethod, FitContext, Requires, create_method, list_methods, register_method
 from . import gradients, reference  # noqa: F401  (register the built-in methods)
+from . import learned  # noqa: F401  (learned explainers: vit_shapley, salvage, comet)
 
 __all__ = ["AttributionMethod", "FitContext", "Requires", "create_method", "list_methods", "register_method"]

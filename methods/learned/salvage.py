@@ -1,0 +1,120 @@
+"""Salvage (salvage-paper §4, Appendix A.2 Algorithm 3).
+
+The explainer outputs two values per patch and class, φ⁺ (patch present) and φ⁻ (patch
+absent). The Shapley distribution of a subset S is u(S) = σ(Σ_{i∈S} φ⁺_i + Σ_{i∉S} φ⁻_i), σ the
+softmax (multiclass) or the sigmoid (binary tasks: one output per sign, u = (1 − σ(z), σ(z))).
+Loss: Jensen–Shannon divergence between u(S) and the surrogate's v(S). Attribution φ = φ⁺ − φ⁻
+(on the logit scale: u(S) = σ(Σφ⁻ + Σ_{i∈S} φ_i)).
+
+Masks: attribution-guided sampling (Algorithm 3; :func:`.sampling.guided_masks`) with the
+current, detached φ of the target class — the class the surrogate predicts on the clean image
+(our choice: the paper says "the target class" without defining it during training); with
+``guided=False`` (the paper's ablation) masks come from the Shapley-kernel distribution p_w(S) of
+§4.1 (paired, as for ViT-Shapley).
+
+Classifying by explaining (§4.3): u(N) = σ(Σ_i φ⁺_i) is a classifier. Over the scored images the
+method reports its accuracy and its agreement with the classifier on the images the classifier
+gets right and on those it gets wrong (Table 2, Appendix A.4), via :meth:`report`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from ..base import register_method
+from .amortized import AmortizedExplainer
+from .sampling import guided_masks, shapley_kernel_masks
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Jensen–Shannon divergence (nats) between distributions along the last axis."""
+    m = 0.5 * (p + q)
+    logm = m.clamp_min(eps).log()
+    return 0.5 * (p * (p.clamp_min(eps).log() - logm)).sum(-1) + 0.5 * (q * (q.clamp_min(eps).log() - logm)).sum(-1)
+
+
+def to_logits(z: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class logits from summed outputs: softmax logits as they are; binary: (0, z)."""
+    return torch.cat([torch.zeros_like(z), z], -1) if num_classes == 2 else z
+
+
+@register_method("salvage")
+class Salvage(AmortizedExplainer):
+    """Salvage: Shapley-distribution learning (JS loss) with attribution-guided sampling."""
+
+    label = "Salvage"
+    defaults = {"epochs": 50, "batch_size": 64, "masks_per_image": 32, "lr": 1e-5, "weight_decay": 1e-5,
+                "steps_per_epoch": 0, "freeze_backbone": False, "mlp_hidden": 0, "guided": True}
+    presets = {"quick": {"epochs": 3, "batch_size": 32, "masks_per_image": 8, "lr": 1e-3, "steps_per_epoch": 12,
+                         "freeze_backbone": True}}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_classes = 0
+        self._seen: Dict[str, List[torch.Tensor]] = {"explainer": [], "classifier": [], "label": []}
+
+    def out_dim(self, num_classes: int) -> int:
+        self.num_classes = num_classes
+        return 2 * (1 if num_classes == 2 else num_classes)
+
+    def split(self, out: torch.Tensor):
+        k = out.shape[-1] // 2
+        return out[..., :k], out[..., k:]
+
+    def class_values(self, phi: torch.Tensor) -> torch.Tensor:
+        """(B, P, K) logit-scale values → (B, P, C): binary tasks give class 0 the negated map."""
+        return torch.cat([-phi, phi], -1) if self.num_classes == 2 else phi
+
+    def values(self, out, v_full=None, v_empty=None):
+        plus, minus = self.split(out)
+        return self.class_values(plus - minus)
+
+    def shapley_logits(self, out: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits (B, M, C) of u(S) for masks ``keep`` (B, M, P)."""
+        plus, minus = self.split(out)
+        z = minus.sum(1)[:, None, :] + torch.einsum("bmp,bpk->bmk", keep.to(out.dtype), plus - minus)
+        return to_logits(z, self.num_classes)
+
+    def sample_masks(self, out, v_full, num_masks, g):
+        B, P = out.shape[:2]
+        if not self.params["guided"]:
+            return shapley_kernel_masks(B, num_masks, P, g)
+        phi = self.values(out)
+        target = v_full.argmax(1).to(out.device)
+        phi_t = phi.gather(2, target.view(-1, 1, 1).expand(-1, P, 1))[..., 0]
+        return guided_masks(phi_t.cpu(), num_masks, g)
+
+    def loss(self, out, keep, v_masked, v_full, v_empty):
+        u = self.shapley_logits(out, keep).float().softmax(-1)
+        return js_divergence(u, v_masked).mean()
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """u(N) = σ(Σ φ⁺): class probabilities (B, C) of the explainer used as a classifier."""
+        self._require_fit()
+        plus, _ = self.split(self.net(x))
+        return to_logits(plus.sum(1), self.num_classes).float().softmax(-1)
+
+    def observe(self, adapter, batch) -> None:
+        """Record the explainer's and the classifier's predictions on a scored batch."""
+        self._seen["explainer"].append(self.classify(batch.x).argmax(1).cpu())
+        self._seen["classifier"].append(batch.probs.argmax(1).cpu())
+        self._seen["label"].append(batch.labels.cpu())
+
+    def classification_report(self) -> Dict[str, Any]:
+        if not self._seen["label"]:
+            return {}
+        e, c, y = (torch.cat(self._seen[k]) for k in ("explainer", "classifier", "label"))
+        right = c == y
+
+        def share(mask):
+            return float((e[mask] == c[mask]).float().mean()) if mask.any() else float("nan")
+
+        return {"explainer_accuracy": float((e == y).float().mean()), "classifier_accuracy": float(right.float().mean()),
+                "agreement": float((e == c).float().mean()), "agreement_classifier_correct": share(right),
+                "agreement_classifier_wrong": share(~right), "n_classifier_correct": int(right.sum()),
+                "n_classifier_wrong": int((~right).sum())}
+
+    def report(self) -> Dict[str, Any]:
+        return {**super().report(), "classifying_by_explaining": self.classification_report()}

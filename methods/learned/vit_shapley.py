@@ -1,0 +1,49 @@
+"""ViT-Shapley (Covert et al. 2023), as described in salvage-paper §2–§3 and SPEC §5.
+
+Explainer φ(x) ∈ R^{P×C} on the surrogate backbone; additive efficient normalisation
+φ_i ← φ_i + ((v(N) − v(∅)) − Σ_j φ_j) / P, so that Σ_i φ_i = v(N) − v(∅) exactly; loss
+P · MSE(v(∅) + Σ_{i∈S} φ_i, v(S)) over paired masks (S, N∖S) whose sizes follow the Shapley kernel
+(k with weight ∝ 1/(k(P−k)), k = 1..P−1). v is the surrogate's probability vector, so φ explains
+the probability game of every class.
+
+Presets: ``paper`` = salvage-paper §5.1 (batch 64, AdamW lr 1e-4, wd 1e-5, 32 masks per image,
+50 epochs); ``quick`` = the embedded default's CPU budget (backbone frozen, fewer masks and steps).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..base import register_method
+from .amortized import AmortizedExplainer
+from .sampling import shapley_kernel_masks
+
+
+def efficient_normalize(phi: torch.Tensor, v_full: torch.Tensor, v_empty: torch.Tensor) -> torch.Tensor:
+    """φ (B, P, C) shifted per class so that Σ_i φ_i = v(N) − v(∅)."""
+    gap = (v_full - v_empty) - phi.sum(1)
+    return phi + gap[:, None, :] / phi.shape[1]
+
+
+@register_method("vit_shapley")
+class ViTShapley(AmortizedExplainer):
+    """ViT-Shapley: a learned explainer of the probability game, trained by weighted least squares."""
+
+    label = "ViT-Shapley"
+    defaults = {"epochs": 50, "batch_size": 64, "masks_per_image": 32, "lr": 1e-4, "weight_decay": 1e-5,
+                "steps_per_epoch": 0, "freeze_backbone": False, "mlp_hidden": 0}
+    presets = {"quick": {"epochs": 3, "batch_size": 32, "masks_per_image": 8, "lr": 1e-3, "steps_per_epoch": 12,
+                         "freeze_backbone": True}}
+
+    def out_dim(self, num_classes: int) -> int:
+        return num_classes
+
+    def sample_masks(self, out, v_full, num_masks, g):
+        return shapley_kernel_masks(out.shape[0], num_masks, out.shape[1], g)
+
+    def values(self, out, v_full, v_empty):
+        return efficient_normalize(out, v_full, v_empty)
+
+    def loss(self, out, keep, v_masked, v_full, v_empty):
+        phi = efficient_normalize(out, v_full, v_empty)
+        pred = v_empty[:, None, :] + torch.einsum("bmp,bpc->bmc", keep.float(), phi)
+        return phi.shape[1] * ((pred - v_masked) ** 2).mean()
