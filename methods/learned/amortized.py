@@ -16,7 +16,7 @@ import torch
 from xaibench.attribution import Attribution
 
 from ..base import AttributionMethod, Requires
-from .common import ExplainerRecipe, cache_key, dataset_name, epoch_batches, split_images, train_cached
+from .common import ExplainerRecipe, cache_key, seeded_init, dataset_name, epoch_batches, split_images, train_cached
 from .explainer import PatchExplainer
 from .surrogate import REMOVAL, fit_surrogate
 
@@ -66,8 +66,8 @@ class AmortizedExplainer(AttributionMethod):
         sur, sur_key, sur_info = fit_surrogate(adapter, train_data, ctx)
         self.surrogate = sur
         C, P, device = adapter.num_classes, adapter.num_patches, adapter.device
-        net = PatchExplainer(sur.model, adapter.num_prefix_tokens, self.out_dim(C), recipe.mlp_hidden,
-                             recipe.freeze_backbone).to(device)
+        net = seeded_init(ctx.seed, self.name, build=lambda: PatchExplainer(
+            sur.model, adapter.num_prefix_tokens, self.out_dim(C), recipe.mlp_hidden, recipe.freeze_backbone)).to(device)
         net.backbone.requires_grad_(not recipe.freeze_backbone)
         key = cache_key(self.name, adapter, recipe, ctx.seed, dataset_name(ctx, train_data),
                         extra={"surrogate": sur_key})

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from xaibench.attribution import Attribution
 
 from ..base import AttributionMethod, Requires, register_method
-from .common import cache_key, clone_adapter, dataset_name, epoch_batches, split_images, split_labels, train_cached
+from .common import cache_key, seeded_init, clone_adapter, dataset_name, epoch_batches, split_images, split_labels, train_cached
 
 REMOVAL = "mean"
 
@@ -92,15 +92,16 @@ class Comet(AttributionMethod):
     def fit(self, adapter, train_data, ctx) -> None:
         p = self.params
         device = adapter.device
-        selector = Selector(p["selector_width"]).to(device)
+        selector = seeded_init(ctx.seed, "comet-selector", build=lambda: Selector(p["selector_width"])).to(device)
         predictor = clone_adapter(adapter, name=f"{adapter.name}-comet-predictor")
         if p["predictor_init"] == "scratch":
-            g = torch.Generator().manual_seed(ctx.seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
+            def reset():
                 for m in predictor.model.modules():
                     if hasattr(m, "reset_parameters") and m is not predictor.model:
                         m.reset_parameters()
+                return predictor.model
+
+            seeded_init(ctx.seed, "comet-predictor", build=reset)
         predictor.model.requires_grad_(True)
         adapter.model.requires_grad_(False)   # the frozen detector
         recipe = {k: p[k] for k in ("epochs", "batch_size", "lr", "a", "b", "t", "steps_per_epoch", "selector_width",

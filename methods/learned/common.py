@@ -25,6 +25,16 @@ from xaibench.io import load_torch, read_json, save_torch, stable_hash, write_js
 from xaibench.training import train_epochs
 
 
+def seeded_init(seed: int, *keys: object, build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` with the global RNG seeded by (seed, *keys) and restored afterwards, so that a
+    freshly initialised module is the same in every run (and in a resumed one)."""
+    from xaibench.seeding import derive_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init", *keys))
+        return build()
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 (16 hex) of a module's parameters and buffers, in state-dict order."""
     h = hashlib.sha256()

@@ -55,8 +55,9 @@ def fit_surrogate(adapter: ModelAdapter, train_split, ctx, recipe: SurrogateReci
     """The surrogate of ``adapter`` (trained, or loaded from the cache): (adapter, cache key, meta)."""
     recipe = recipe or RECIPES[ctx.preset]
     key = cache_key("surrogate", adapter, recipe, ctx.seed, dataset_name(ctx, train_split))
-    if key in _LOADED:
-        return _LOADED[key], key, {"cached": True}
+    directory = Path(ctx.cache_dir) / key
+    if str(directory) in _LOADED:
+        return _LOADED[str(directory)], key, {"cached": True}
     sur = clone_adapter(adapter, name=f"{adapter.name}-surrogate")
     model, device, P = sur.model, adapter.device, adapter.num_patches
     steps = recipe.steps_per_epoch or max(1, len(train_split) // recipe.batch_size)
@@ -82,10 +83,10 @@ def fit_surrogate(adapter: ModelAdapter, train_split, ctx, recipe: SurrogateReci
             bar.step(float(loss.detach()))
         return {"kl": total / steps}
 
-    info = train_cached(Path(ctx.cache_dir) / key, {"surrogate": model}, make_opt, recipe.epochs, steps, run_epoch,
+    info = train_cached(directory, {"surrogate": model}, make_opt, recipe.epochs, steps, run_epoch,
                         seed=ctx.seed, desc="surrogate", progress=ctx.progress)
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
-    _LOADED[key] = sur
+    _LOADED[str(directory)] = sur
     return sur, key, info
