@@ -102,6 +102,13 @@ class Run:
         self.model_name = (config.model or DEFAULT_MODELS.get(self.dataset) or "").lower()
         if not self.model_name:
             raise UserError(f"dataset '{self.dataset}' has no default model: pass --model")
+        if self.model_name not in MODELS:  # before any download: a registered recipe or a timm name
+            from .pretrained import is_timm_model
+
+            if not is_timm_model(self.model_name):
+                from .models import _unknown_model
+
+                raise _unknown_model(self.model_name)
         self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
                                    else "cpu" if config.device == "auto" else config.device)
         self.preset = config.preset if config.preset != "auto" else (
