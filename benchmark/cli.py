@@ -79,7 +79,32 @@ def _add_train_parser(sub):
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     c.add_argument("--quiet", action="store_true", help="no progress output")
+    for name in LEARNED_METHODS:
+        e = what.add_parser(name, help=f"train the learned explainer '{name}' (cached; resumes if interrupted)")
+        e.add_argument("--dataset", default="synthetic", help="dataset name (xaibench list datasets)")
+        e.add_argument("--model", default=None, help="classifier (default: the dataset's default model)")
+        e.add_argument("--preset", default="auto", help="paper, quick, or auto (quick on synthetic, paper elsewhere)")
+        e.add_argument("--seed", type=int, default=0)
+        e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        e.add_argument("--data-root", default=None, help="an existing copy of the dataset (no download)")
+        e.add_argument("--weights", default=None, help="a local checkpoint to load into the classifier")
+        e.add_argument("--quiet", action="store_true", help="no progress output")
     return what
+
+
+LEARNED_METHODS = ("vit_shapley", "salvage", "comet")
+
+
+def cmd_train_explainer(args) -> int:
+    import json
+
+    from .harness import Run, RunConfig
+
+    cfg = RunConfig(dataset=args.dataset, model=args.model, methods=args.what, preset=args.preset, seed=args.seed,
+                    device=args.device, cache_dir=args.cache_dir, data_root=args.data_root, weights=args.weights,
+                    progress=not args.quiet, plugins=args.plugin)
+    print(json.dumps(Run(cfg).train(), indent=2, default=str))
+    return 0
 
 
 def cmd_train_classifier(args) -> int:
@@ -108,7 +133,7 @@ def cmd_train_classifier(args) -> int:
     return 0
 
 
-TRAIN_COMMANDS = {"classifier": cmd_train_classifier}
+TRAIN_COMMANDS = {"classifier": cmd_train_classifier, **{m: cmd_train_explainer for m in LEARNED_METHODS}}
 
 
 def cmd_train(args) -> int:

@@ -238,7 +238,6 @@ class Run:
 
     # ------------------------------------------------------------------ execution
     def execute(self) -> Path:
-        from xaibench.methods import FitContext
         from xaibench.metrics import EvalContext
 
         t0 = time.time()
@@ -249,10 +248,7 @@ class Run:
         ctx = EvalContext(self.adapter, self.removal, seed=self.cfg.seed,
                           cardinalities=self.cfg.cardinalities, n_masks=self.cfg.n_masks,
                           distractors=self.distractors)
-        fit_ctx = FitContext(cache_dir=str(cache_dir(self.cfg.cache_dir) / "explainers"),
-                             seed=self.cfg.seed, preset=self.preset, distractors=self.distractors,
-                             key={"dataset": self.dataset, "model": self.adapter.meta},
-                             progress=self.cfg.progress)
+        fit_ctx = self.fit_context()
         methods = [METHODS.get(n)(preset=self.preset, seed=self.cfg.seed) for n in self.method_names]
         metric_status = {m.name: m.applies(self.adapter, self.data.has_masks) for m in metrics}
         active_metrics = [m for m in metrics if metric_status[m.name] is None]
@@ -270,6 +266,33 @@ class Run:
 
         self.leaderboard_markdown = write_leaderboards(self.dir)
         return self.dir
+
+    def fit_context(self):
+        """What learned methods' ``fit`` gets (the cache under ``<cache>/explainers``, seed, preset, key)."""
+        from xaibench.methods import FitContext
+
+        return FitContext(cache_dir=str(cache_dir(self.cfg.cache_dir) / "explainers"),
+                          seed=self.cfg.seed, preset=self.preset, distractors=self.distractors,
+                          key={"dataset": self.dataset, "model": getattr(self.adapter, "meta", {})},
+                          progress=self.cfg.progress)
+
+    def train(self) -> Dict[str, dict]:
+        """``xaibench train``: fit (or load from the cache) every selected method that needs training,
+        exactly as ``execute`` would; returns each method's report."""
+        self._load()
+        fit_ctx = self.fit_context()
+        out: Dict[str, dict] = {}
+        for name in self.method_names:
+            method = METHODS.get(name)(preset=self.preset, seed=self.cfg.seed)
+            if not method.requires.training:
+                raise UserError(f"method '{name}' is not trained (it needs no 'xaibench train')")
+            reason = method.applies_to(self.adapter, self.data.has_masks)
+            if reason is not None:
+                raise UserError(f"cannot train '{name}': {reason}")
+            t = time.time()
+            method.fit(self.adapter, self._train_split(), fit_ctx)
+            out[name] = {"seconds": round(time.time() - t, 1), **getattr(method, "report", lambda: {})()}
+        return out
 
     def _part_dir(self, method) -> Path:
         return self.dir / "parts" / method.name
