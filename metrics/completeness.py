@@ -14,8 +14,11 @@ The main paper's definitions are not available to us; this follows the appendix 
 - complete(x, a) = [score(x, a) ≥ (1 − ε₁)·p_a(x)], sound(x, a) = [score(x, a) ≤ (1 + ε₂)·p_a(x)],
   ε₁ = 0, ε₂ = 0.1 (appendix §D).
 
-Per image, ``completeness`` = 1 if complete for both a₁ and a₂ (the worst case) else 0, and
-``soundness`` likewise, so their means are the fractions the appendix reports (in [0, 1]).
+Per image, ``completeness`` = 1 if complete for both a₁ and a₂ (the worst case, ``labels="worst"``,
+the default) else 0, and ``soundness`` likewise, so their means are the fractions the appendix
+reports (in [0, 1]). ``labels="mean"`` averages the two labels' indicators instead (then a map
+whose score misses p_a in a random direction gives completeness + soundness ≈ 1 by
+construction; with ``worst`` that holds only where one label decides both, see the report).
 The raw scores score(x, a₁), score(x, a₂) are reported as ``cs_score_top`` / ``cs_score_second``.
 The ``quick`` preset uses 1 distractor draw per input instead of 10.
 """
@@ -53,7 +56,7 @@ class CompletenessSoundness(Metric):
     needs_second_label = True
     needs_distractors = True
     defaults = {"fractions": (0.2, 0.3, 0.4, 0.5, 0.6), "eps1": 0.0, "eps2": 0.1, "removal": "distractor",
-                "n_draws": 10}
+                "n_draws": 10, "labels": "worst"}
     presets = {"quick": {"n_draws": 1}}
 
     def removal(self, ctx) -> Removal:
@@ -70,6 +73,9 @@ class CompletenessSoundness(Metric):
 
     def compute(self, ctx, batch, attribution, explain=None):
         removal = self.removal(ctx)
+        rule = self.params["labels"]
+        if rule not in ("worst", "mean"):
+            raise UserError(f"completeness labels rule '{rule}' is not valid. Valid: worst, mean")
         fractions = [float(s) for s in self.params["fractions"]]
         top2 = batch.probs.topk(2, dim=1)
         labels = top2.indices.T.to(batch.x.device)           # (2, B): a1, a2
@@ -88,6 +94,9 @@ class CompletenessSoundness(Metric):
             complete.append(score >= (1 - float(self.params["eps1"])) * p_clean[j])
             sound.append(score <= (1 + float(self.params["eps2"])) * p_clean[j])
             raw.append(score)
-        return MetricResult(scores={"completeness": (complete[0] & complete[1]).float(),
-                                    "soundness": (sound[0] & sound[1]).float(),
+        if rule == "worst":
+            comp, snd = (complete[0] & complete[1]).float(), (sound[0] & sound[1]).float()
+        else:
+            comp, snd = (complete[0].float() + complete[1].float()) / 2, (sound[0].float() + sound[1].float()) / 2
+        return MetricResult(scores={"completeness": comp, "soundness": snd,
                                     "cs_score_top": raw[0], "cs_score_second": raw[1]})

@@ -187,7 +187,7 @@ def test_fidelity_equals_plain_reference(strategy, tiny_vit, tiny_cnn):
 @pytest.mark.parametrize("strategy", ["distractor", "mean"])
 def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
     adapter = tiny_cnn
-    batch = make_batch(adapter)
+    batch = make_batch(adapter, n=2)
     pool = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(11))
     ctx = EvalContext(adapter, Removal("drop" if adapter.is_vit else "mean"), seed=2, distractors=pool)
     maps = {}
@@ -203,6 +203,8 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
     metric = create_metric("completeness", removal=strategy, n_draws=3, eps1=0.0, eps2=0.1)
     res = metric.compute(ctx, batch, attribution, explain)
     assert explain.calls == 2  # the top label reuses the run's map; the second label is explained
+    mean_rule = create_metric("completeness", removal=strategy, n_draws=3, labels="mean").compute(
+        ctx, batch, attribution, explain)
     removal = Removal(strategy, n_draws=3, seed=2, distractors=pool if strategy == "distractor" else None)
     fractions = (0.2, 0.3, 0.4, 0.5, 0.6)
     for i in range(len(batch)):
@@ -226,11 +228,13 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
         assert abs(float(res.scores["cs_score_second"][i]) - raw[1]) < 1e-6
         assert float(res.scores["completeness"][i]) == float(all(comp))
         assert float(res.scores["soundness"][i]) == float(all(sound))
+        assert float(mean_rule.scores["completeness"][i]) == sum(comp) / 2
+        assert float(mean_rule.scores["soundness"][i]) == sum(sound) / 2
 
 
 def test_quick_preset_and_run_overrides(tiny_vit):
     m = create_metric("r_srg", preset="quick")
-    assert m.settings()["n_masks"] == 4 and m.settings()["cardinalities"] == 8
+    assert m.settings()["n_masks"] == 2 and m.settings()["cardinalities"] == 6
     assert create_metric("r_srg").settings()["n_masks"] == 128
     ctx = EvalContext(tiny_vit, Removal("drop"), cardinalities=[2, 16])
     assert ctx.ks(16, 8).tolist() == [2, 16]
