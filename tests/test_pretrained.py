@@ -187,7 +187,7 @@ def test_run_over_the_photos_completes_for_cnn_methods(photo_dataset, tmp_path):
 
     cnn = [m for m in ("saliency", "gradcam", "eigencam", "random") if m in METHODS]
     cfg = RunConfig(dataset=photo_dataset, model=LITE0, weights=str(_lite0_weights()), methods=cnn, metrics="srg",
-                    cardinalities=3, preset="quick", batch_size=4, out=str(tmp_path), run_id="r",
+                    cardinalities=2, preset="quick", batch_size=4, out=str(tmp_path), run_id="r",
                     cache_dir=str(tmp_path / "cache"), progress=False)
     run = Run(cfg)
     out = run.execute()
