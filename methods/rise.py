@@ -46,11 +46,13 @@ def rise_pixel_masks(n: int, size, s: int, p: float, g: torch.Generator, device)
     rows = (dy[:, None] + torch.arange(H, device=device))[:, :, None].expand(n, H, up.shape[2])
     up = up.gather(1, rows)
     cols = (dx[:, None] + torch.arange(W, device=device))[:, None, :].expand(n, H, W)
-    return up.gather(2, cols)
+    return up.gather(2, cols).clamp_(0, 1)   # bilinear weights of 0/1 values; clamp float round-off
 
 
 @register_method("rise")
 class RISE(AttributionMethod):
+    """Petsiuk et al. 2018: Σ p_c(masked x) · mask / (N·p) over random masks (see the module docs)."""
+
     label = "RISE"
     defaults = {"n_masks": 4000, "s": 8, "p": 0.5, "mode": "auto", "mask_batch": 250}
     presets = {"quick": {"n_masks": 500}}

@@ -43,6 +43,8 @@ def suppression_masks(n: int, num_pixels: int, prob: float, g: torch.Generator, 
 
 @register_method("feature_suppression")
 class FeatureSuppression(AttributionMethod):
+    """Feature-suppression gradient integration, Algorithm 1 of its paper (see the module docs)."""
+
     label = "Feature Suppression"
     requires = Requires(gradients=True)
     defaults = {"n_samples": 200, "prob": 0.6, "constant": 1e-8, "sample_batch": 50}
