@@ -1,6 +1,7 @@
 """MIF/LIF throughput on the tiny default ViT: is the metric engine spending its time in the model?
 
 Run:  .venv/bin/python benchmarks/metric_throughput.py [--images 64] [--cardinalities all|N] [--device cpu]
+      [--threads 1]   (on a CPU shared with other jobs, one thread avoids oversubscription stalls)
 
 Prints, for the ``drop`` and ``mean`` removal strategies:
 - images/s of the MIF/LIF metric (``InsertionMetrics.compute``: ranking, masks, removal, model);
@@ -77,7 +78,10 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--cardinalities", default="all", help="'all' (every k) or a count of evenly spaced k")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     adapter = build_adapter(device)
     card = None if args.cardinalities == "all" else int(args.cardinalities)
