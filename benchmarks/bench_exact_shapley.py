@@ -52,7 +52,10 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=6)
     ap.add_argument("--cache", default="/tmp/xb_exact")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1 is fastest for this tiny model on a shared machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.time()
     adapter = load_model("bench_tiny_vit16", cache_dir=args.cache, dataset_options={"image_size": 32})

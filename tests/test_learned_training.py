@@ -6,6 +6,15 @@ import dataclasses
 import pytest
 import torch
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train far faster on one thread (no oversubscription on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 from conftest import make_tiny_vit
 from xaibench.datasets import load_dataset
 from xaibench.methods import FitContext, create_method
