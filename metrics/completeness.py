@@ -19,7 +19,7 @@ the default) else 0, and ``soundness`` likewise, so their means are the fraction
 reports (in [0, 1]). ``labels="mean"`` averages the two labels' indicators instead (then a map
 whose score misses p_a in a random direction gives completeness + soundness ≈ 1 by
 construction; with ``worst`` that holds only where one label decides both, see the report).
-The raw scores score(x, a₁), score(x, a₂) are reported as ``cs_score_top`` / ``cs_score_second``.
+The raw scores score(x, a₁), score(x, a₂) are reported as ``cs_score_a1`` / ``cs_score_a2``.
 The ``quick`` preset uses 1 distractor draw per input instead of 10.
 """
 from __future__ import annotations
@@ -49,10 +49,10 @@ def top_fraction_scores(adapter, x, maps, targets, ids, removal, fractions, seed
 
 @register_metric("completeness")
 class CompletenessSoundness(Metric):
-    provides = ("completeness", "soundness", "cs_score_top", "cs_score_second")
+    provides = ("completeness", "soundness", "cs_score_a1", "cs_score_a2")
     directions = {"completeness": UP, "soundness": UP}
-    labels = {"completeness": "Compl.", "soundness": "Sound.", "cs_score_top": "CS-score(a1)",
-              "cs_score_second": "CS-score(a2)"}
+    labels = {"completeness": "Compl.", "soundness": "Sound.", "cs_score_a1": "CS-score(a1)",
+              "cs_score_a2": "CS-score(a2)"}
     needs_second_label = True
     needs_distractors = True
     defaults = {"fractions": (0.2, 0.3, 0.4, 0.5, 0.6), "eps1": 0.0, "eps2": 0.1, "removal": "distractor",
@@ -99,4 +99,4 @@ class CompletenessSoundness(Metric):
         else:
             comp, snd = (complete[0].float() + complete[1].float()) / 2, (sound[0].float() + sound[1].float()) / 2
         return MetricResult(scores={"completeness": comp, "soundness": snd,
-                                    "cs_score_top": raw[0], "cs_score_second": raw[1]})
+                                    "cs_score_a1": raw[0], "cs_score_a2": raw[1]})

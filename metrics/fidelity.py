@@ -37,9 +37,9 @@ def removal_accuracy(adapter, x, maps, labels, ids, removal, fractions, seed, sh
 
 @register_metric("fidelity")
 class Fidelity(Metric):
-    provides = ("fidelity_5", "fidelity_10", "fidelity_20")
-    directions = {"fidelity_5": DOWN, "fidelity_10": DOWN, "fidelity_20": DOWN}
-    labels = {"fidelity_5": "Fid@5%", "fidelity_10": "Fid@10%", "fidelity_20": "Fid@20%"}
+    provides = ("fidelity_05", "fidelity_10", "fidelity_20")
+    directions = {"fidelity_05": DOWN, "fidelity_10": DOWN, "fidelity_20": DOWN}
+    labels = {"fidelity_05": "Fid@5%", "fidelity_10": "Fid@10%", "fidelity_20": "Fid@20%"}
     needs_removal = True
     defaults = {"fractions": (0.05, 0.1, 0.2), "unit": "auto"}
 
@@ -59,7 +59,7 @@ class Fidelity(Metric):
             maps, shape = pixel_maps(attribution, ctx.adapter.input_size), ctx.adapter.input_size
         correct = removal_accuracy(ctx.adapter, batch.x, maps.to(batch.x.device), batch.labels, batch.ids,
                                    ctx.removal, fractions, ctx.seed, shape).float() * 100
-        scores = {f"fidelity_{round(100 * f)}": correct[:, j] for j, f in enumerate(fractions)}
+        scores = {f"fidelity_{round(100 * f):02d}": correct[:, j] for j, f in enumerate(fractions)}
         return MetricResult(scores=scores, curves={"fidelity": (torch.tensor(fractions), correct)})
 
 
