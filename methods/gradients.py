@@ -39,13 +39,14 @@ class SmoothGrad(AttributionMethod):
     its noise comes from torch's global generator, so maps would depend on batch composition.
     Here the noise of each image is drawn from ``xaibench.seeding.generator(seed, id, "smoothgrad")``
     and the gradients of the noisy copies go through captum's ``Saliency`` in chunks of
-    ``nt_samples_batch_size`` copies per image. Paper default 50 samples; ``quick``: 16.
+    ``nt_samples_batch_size`` copies per image. Paper default 50 samples; ``quick`` (embedded default
+    run, 2-core CPU budget): 8.
     """
 
     label = "SmoothGrad"
     requires = Requires(gradients=True)
     defaults = {"n_samples": 50, "noise_level": 0.15, "nt_samples_batch_size": 10}
-    presets = {"quick": {"n_samples": 16, "nt_samples_batch_size": 16}}
+    presets = {"quick": {"n_samples": 8, "nt_samples_batch_size": 8}}
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         from captum.attr import Saliency as CaptumSaliency
@@ -72,11 +73,13 @@ class IntegratedGradients(AttributionMethod):
     in normalised space (the dataset mean), ``n_steps`` = 50 Gauss–Legendre points (captum's
     default rule); the map is the sum over colour channels (signed), so that it sums to
     logit_c(x) − logit_c(0) (completeness). ``internal_batch_size`` bounds inputs per backward.
+    ``quick`` (embedded default run, 2-core CPU budget): 16 steps.
     """
 
     label = "Integrated Gradients"
     requires = Requires(gradients=True)
     defaults = {"n_steps": 50, "internal_batch_size": 256}
+    presets = {"quick": {"n_steps": 16}}
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         from captum.attr import IntegratedGradients as CaptumIG
