@@ -339,3 +339,22 @@ def test_requirements_route_methods(tiny_vit, tiny_cnn):
         assert create_method(name).requires.gradients
     with pytest.raises(UserError, match="n_masks"):
         create_method("rise", n_mask=3)
+
+
+def test_gae_matches_plain_loop_and_is_class_specific(tiny_vit):
+    x, target, ids = _inputs(2)
+    maps = create_method("gae").attribute(tiny_vit, x, target, ids=ids).maps
+    pre = tiny_vit.num_prefix_tokens
+    for b in range(2):
+        xb = x[b:b + 1].clone().requires_grad_(True)
+        with tiny_vit.record_attention() as rec:
+            logit = tiny_vit.logits(xb)[0, target[b]]
+        attns = rec.ordered()
+        grads = torch.autograd.grad(logit, attns)
+        R = torch.eye(attns[0].shape[-1])
+        for a, g in zip(attns, grads):
+            R = R + (g[0] * a[0]).clamp_min(0).mean(0) @ R
+        assert torch.allclose(maps[b].flatten(), R[0, pre:].detach(), atol=1e-6)
+    assert maps.abs().sum() > 0
+    other = create_method("gae").attribute(tiny_vit, x, (target + 1) % 10, ids=ids).maps
+    assert not torch.allclose(other, maps)
