@@ -14,11 +14,16 @@ The main paper's definitions are not available to us; this follows the appendix 
 - complete(x, a) = [score(x, a) ≥ (1 − ε₁)·p_a(x)], sound(x, a) = [score(x, a) ≤ (1 + ε₂)·p_a(x)],
   ε₁ = 0, ε₂ = 0.1 (appendix §D).
 
-Per image, ``completeness`` = 1 if complete for both a₁ and a₂ (the worst case, ``labels="worst"``,
-the default) else 0, and ``soundness`` likewise, so their means are the fractions the appendix
-reports (in [0, 1]). ``labels="mean"`` averages the two labels' indicators instead (then a map
-whose score misses p_a in a random direction gives completeness + soundness ≈ 1 by
-construction; with ``worst`` that holds only where one label decides both, see the report).
+Per image, ``completeness`` = the mean over {a₁, a₂} of the complete indicators
+(``labels="mean"``, our default) and ``soundness`` likewise; their means over images are
+fractions in [0, 1]. **Deliberate deviation:** SPEC §4 words the rule as "complete for the
+worst of {a₁, a₂}" (``labels="worst"``: 1 only if both labels are complete), but also requires
+that a random map land near completeness + soundness ≈ 1 (the appendix's Random row:
+0.36 + 0.64). Both cannot hold on a confident classifier: measured on the embedded default
+with a random map, ``worst`` gives 0.00 + 0.42 (the top label almost never reaches p_{a₁} ≈ 0.98
+and the second label almost always exceeds 1.1·p_{a₂}), while ``mean`` gives 1.00 (0.47 + 0.53,
+10 draws, 96 images), because for each label "complete" and "sound" are near-complementary.
+We follow the appendix's reported behaviour; ``labels="worst"`` keeps SPEC's wording available.
 The raw scores score(x, a₁), score(x, a₂) are reported as ``cs_score_a1`` / ``cs_score_a2``.
 The ``quick`` preset uses 1 distractor draw per input instead of 10.
 """
@@ -56,7 +61,7 @@ class CompletenessSoundness(Metric):
     needs_second_label = True
     needs_distractors = True
     defaults = {"fractions": (0.2, 0.3, 0.4, 0.5, 0.6), "eps1": 0.0, "eps2": 0.1, "removal": "distractor",
-                "n_draws": 10, "labels": "worst"}
+                "n_draws": 10, "labels": "mean"}
     presets = {"quick": {"n_draws": 1}}
 
     def removal(self, ctx) -> Removal:

@@ -200,10 +200,10 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
 
     explain.calls = 0
     attribution = explain(batch.targets)
-    metric = create_metric("completeness", removal=strategy, n_draws=3, eps1=0.0, eps2=0.1)
+    metric = create_metric("completeness", removal=strategy, n_draws=3, eps1=0.0, eps2=0.1, labels="worst")
     res = metric.compute(ctx, batch, attribution, explain)
     assert explain.calls == 2  # the top label reuses the run's map; the second label is explained
-    mean_rule = create_metric("completeness", removal=strategy, n_draws=3, labels="mean").compute(
+    mean_rule = create_metric("completeness", removal=strategy, n_draws=3).compute(
         ctx, batch, attribution, explain)
     removal = Removal(strategy, n_draws=3, seed=2, distractors=pool if strategy == "distractor" else None)
     fractions = (0.2, 0.3, 0.4, 0.5, 0.6)
