@@ -22,7 +22,7 @@ EXIT_USAGE = 2
 def _cardinalities(text: str):
     text = text.strip().lower()
     if text == "all":
-        return None
+        return "all"
     try:
         if "," in text:
             return [int(k) for k in text.split(",") if k.strip()]
@@ -47,7 +47,7 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--n-draws", type=int, default=10, help="distractor images averaged per masked input")
     p.add_argument("--target", default="pred", help="pred (the model's prediction) or label (the true class)")
     p.add_argument("--cardinalities", type=_cardinalities, default=None,
-                   help="subset sizes of the curve metrics: all (default), a count of evenly spaced k, or a list")
+                   help="subset sizes of the curve metrics: all, a count of evenly spaced k, or a list (default: each metric's preset)")
     p.add_argument("--n-masks", type=int, default=None, help="masks per cardinality of sampled curves (R-MIF/R-LIF)")
     p.add_argument("--split", default="test", help="dataset split to score (test, val)")
     p.add_argument("--out", default="results", help="directory that receives <run-id>/")

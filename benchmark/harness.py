@@ -53,7 +53,7 @@ class RunConfig:
     removal: str = "auto"                     # drop for ViTs, mean for CNNs
     n_draws: int = 10                         # distractor draws per masked input
     target: str = "pred"
-    cardinalities: Optional[int | Sequence[int]] = None   # None = every k; int = count of evenly spaced k
+    cardinalities: Optional[int | str | Sequence[int]] = None   # None = metric presets; 'all' = every k; int = count
     n_masks: Optional[int] = None
     split: str = "test"
     distractor_pool: int = 256
@@ -136,7 +136,7 @@ class Run:
             raise UserError("--device cuda was asked for but torch sees no CUDA device")
         if isinstance(c.cardinalities, int):
             check_positive("--cardinalities", c.cardinalities)
-        elif c.cardinalities is not None:
+        elif c.cardinalities is not None and c.cardinalities != "all":
             for k in c.cardinalities:
                 check_positive("--cardinalities entry", k)
 
@@ -442,9 +442,12 @@ class Run:
             "resolved": {"dataset": self.dataset, "model": self.model_name, "device": str(self.device),
                          "preset": self.preset, "n_images": len(self.indices), "split": self.cfg.split,
                          "target": self.cfg.target, "removal": self.removal.settings(),
-                         "cardinalities": ("all" if self.cfg.cardinalities is None else self.cfg.cardinalities
-                                           if isinstance(self.cfg.cardinalities, int) else list(self.cfg.cardinalities)),
-                         "n_masks": self.cfg.n_masks, "seed": self.cfg.seed,
+                         "cardinalities": ("each metric's preset (see metrics.<name>.settings)"
+                                           if self.cfg.cardinalities is None else self.cfg.cardinalities
+                                           if isinstance(self.cfg.cardinalities, (int, str))
+                                           else list(self.cfg.cardinalities)),
+                         "n_masks": (self.cfg.n_masks if self.cfg.n_masks is not None
+                                     else "each metric's preset (see metrics.<name>.settings)"), "seed": self.cfg.seed,
                          "chunk_size": self.adapter.chunk_size},
             "model": {**self.adapter.describe(), **getattr(self.adapter, "meta", {})},
             "dataset": {"name": self.dataset, "split": self.cfg.split, "has_masks": self.data.has_masks,

@@ -70,11 +70,11 @@ class EvalContext:
     distractors: Optional[torch.Tensor] = None   # pool of normalised training images (distractor removal)
 
     def ks(self, n_patches: int, default: Optional[int | Sequence[int]] = None) -> torch.Tensor:
-        """The cardinalities evaluated: every k in 1..N (None), ``count`` evenly spaced k in 1..N
-        (an int; N is always included), or an explicit list of k. The run's setting wins over a
-        metric's ``default`` (its preset)."""
+        """The cardinalities evaluated: every k in 1..N (``"all"`` or None), ``count`` evenly spaced
+        k in 1..N (an int; N is always included), or an explicit list of k. The run's setting wins
+        over a metric's ``default`` (its preset)."""
         spec = self.cardinalities if self.cardinalities is not None else default
-        if spec is None:
+        if spec is None or spec == "all":
             return torch.arange(1, n_patches + 1)
         if isinstance(spec, int):
             return torch.linspace(1, n_patches, min(spec, n_patches)).round().long().unique()
