@@ -118,6 +118,8 @@ def test_vit_shapley_is_efficient_and_salvage_algebra(tmp_path, quick_surrogate,
     sv.fit(adapter, train16, ctx)
     out = sv.net(x).detach()
     plus, minus = out[..., :10], out[..., 10:]
+    plus, minus = plus - plus.mean(-1, keepdim=True), minus - minus.mean(-1, keepdim=True)   # class-centred
+    assert torch.allclose(sv.split(out)[0], plus) and torch.allclose(sv.split(out)[1], minus)
     keep = torch.tensor([[True, False, True, False]]).expand(6, 1, 4)
     z = sv.shapley_logits(out, keep)[:, 0]
     loop = torch.stack([sum(plus[b, i] if keep[b, 0, i] else minus[b, i] for i in range(4)) for b in range(6)])

@@ -4,7 +4,10 @@ The explainer outputs two values per patch and class, φ⁺ (patch present) and 
 absent). The Shapley distribution of a subset S is u(S) = σ(Σ_{i∈S} φ⁺_i + Σ_{i∉S} φ⁻_i), σ the
 softmax (multiclass) or the sigmoid (binary tasks: one output per sign, u = (1 − σ(z), σ(z))).
 Loss: Jensen–Shannon divergence between u(S) and the surrogate's v(S). Attribution φ = φ⁺ − φ⁻
-(on the logit scale: u(S) = σ(Σφ⁻ + Σ_{i∈S} φ_i)).
+(on the logit scale: u(S) = σ(Σφ⁻ + Σ_{i∈S} φ_i)). The softmax leaves a per-patch shift common to
+all classes undetermined; we fix it by centring the outputs over classes (see :meth:`Salvage.split`)
+— without it, the maps of one class carry an arbitrary per-patch offset and ranked worse than random
+on the embedded default.
 
 Masks: attribution-guided sampling (Algorithm 3; :func:`.sampling.guided_masks`) with the
 current, detached φ of the target class — the class the surrogate predicts on the clean image
@@ -59,8 +62,14 @@ class Salvage(AmortizedExplainer):
         return 2 * (1 if num_classes == 2 else num_classes)
 
     def split(self, out: torch.Tensor):
+        """(φ⁺, φ⁻), each (B, P, K). Multiclass outputs are centred over classes: the softmax of
+        u(S) is unchanged by adding a per-patch constant to every class, so φ⁺ − φ⁻ of one class is
+        only defined up to that constant; centring (Σ_c φ_{i,c} = 0) fixes it (our choice)."""
         k = out.shape[-1] // 2
-        return out[..., :k], out[..., k:]
+        plus, minus = out[..., :k], out[..., k:]
+        if k > 1:
+            plus, minus = plus - plus.mean(-1, keepdim=True), minus - minus.mean(-1, keepdim=True)
+        return plus, minus
 
     def class_values(self, phi: torch.Tensor) -> torch.Tensor:
         """(B, P, K) logit-scale values → (B, P, C): binary tasks give class 0 the negated map."""
@@ -75,6 +84,11 @@ class Salvage(AmortizedExplainer):
         plus, minus = self.split(out)
         z = minus.sum(1)[:, None, :] + torch.einsum("bmp,bpk->bmk", keep.to(out.dtype), plus - minus)
         return to_logits(z, self.num_classes)
+
+    def recipe(self):
+        from dataclasses import replace
+
+        return replace(super().recipe(), version=2)      # 2: outputs centred over classes
 
     def sample_masks(self, out, v_full, num_masks, g):
         B, P = out.shape[:2]
