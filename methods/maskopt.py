@@ -19,7 +19,7 @@ make batched and one-at-a-time results equal. The distractors of each step are d
 from ``seeding.generator(seed, id, "maskopt")``.
 
 Paper: 2000 steps × 10 distractors = 20 000 forward+backward passes per image, far beyond the
-embedded default's 2-core CPU budget; ``quick`` uses 10 steps × 2 distractors (20 passes), so
+embedded default's 2-core CPU budget; ``quick`` uses 20 steps × 3 distractors (60 passes), so
 its masks are early, coarse iterates of the optimisation (the result records the steps used).
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class MaskOptimisation(AttributionMethod):
     requires = Requires(gradients=True, distractors=True)
     defaults = {"steps": 2000, "lr": 0.05, "n_distractors": 10, "upsample": 4, "lambda_tv": 0.01,
                 "lambda_l1": 2e-5}
-    presets = {"quick": {"steps": 10, "n_distractors": 2}}
+    presets = {"quick": {"steps": 20, "n_distractors": 3}}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

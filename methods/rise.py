@@ -16,7 +16,7 @@ Two mask families (``mode``):
 Masks are generated on the adapter's device, ``mask_batch`` at a time per image, each image's
 masks from its own generator ``seeding.generator(seed, id, "rise")``: an image gets the same
 masks in any batch. Paper defaults N = 4000, s = 8, p = 0.5; ``quick`` (embedded default run):
-N = 128 (token-dropped forwards of the 64-patch tiny ViT, ~1/6 of a forward+backward each), to
+N = 384 (token-dropped forwards of the 64-patch tiny ViT, ~1/6 of a forward+backward each), to
 stay within the 2-core CPU time budget; its maps are correspondingly noisier.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ class RISE(AttributionMethod):
 
     label = "RISE"
     defaults = {"n_masks": 4000, "s": 8, "p": 0.5, "mode": "auto", "mask_batch": 250}
-    presets = {"quick": {"n_masks": 128, "mask_batch": 128}}
+    presets = {"quick": {"n_masks": 384, "mask_batch": 128}}
 
     def _mode(self, adapter) -> str:
         mode = self.params["mode"]

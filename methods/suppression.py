@@ -10,7 +10,7 @@ Choices where the algorithm is silent: "input" is the model's input, i.e. the no
 above N. Batched over images and samples: ``sample_batch`` suppressed copies of every image per
 backward pass (the loss is summed, so each copy gets its own gradient). Each image draws from
 ``seeding.generator(seed, id, "suppression")``. Paper defaults K = 200, prob = 0.6; ``quick``
-(embedded default run, 2-core CPU budget): K = 8 forward+backward passes per image.
+(embedded default run, 2-core CPU budget): K = 16 forward+backward passes per image.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class FeatureSuppression(AttributionMethod):
     label = "Feature Suppression"
     requires = Requires(gradients=True)
     defaults = {"n_samples": 200, "prob": 0.6, "constant": 1e-8, "sample_batch": 50}
-    presets = {"quick": {"n_samples": 8, "sample_batch": 8}}
+    presets = {"quick": {"n_samples": 16, "sample_batch": 16}}
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         K, step, prob, C = (int(self.params["n_samples"]), int(self.params["sample_batch"]),
