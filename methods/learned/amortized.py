@@ -48,6 +48,9 @@ class AmortizedExplainer(AttributionMethod):
         """Attributions (B, P, C) of every class from the explainer's outputs."""
         raise NotImplementedError
 
+    def init_head(self, net: PatchExplainer) -> None:
+        """Adjust the freshly initialised explainer before training (default: nothing)."""
+
     def recipe(self) -> ExplainerRecipe:
         p = self.params
         return ExplainerRecipe(**{k: p[k] for k in RECIPE_FIELDS}, guided=bool(p.get("guided", True)))
@@ -69,6 +72,7 @@ class AmortizedExplainer(AttributionMethod):
         net = seeded_init(ctx.seed, self.name, build=lambda: PatchExplainer(
             sur.model, adapter.num_prefix_tokens, self.out_dim(C), recipe.mlp_hidden, recipe.freeze_backbone)).to(device)
         net.backbone.requires_grad_(not recipe.freeze_backbone)
+        self.init_head(net)
         key = cache_key(self.name, adapter, recipe, ctx.seed, dataset_name(ctx, train_data),
                         extra={"surrogate": sur_key})
         steps = recipe.steps(len(train_data))
