@@ -135,3 +135,24 @@ def test_js_divergence_values():
     js = js_divergence(p, q)
     assert torch.allclose(js, torch.tensor([torch.log(torch.tensor(2.0)), 0.0]), atol=1e-6)
     assert torch.allclose(js_divergence(q, p), js)
+
+
+def test_salvage_head_starts_at_uniform_u_and_still_learns():
+    """Salvage zeroes its last layer: u(S) is uniform for every S at initialisation (a random head
+    saturates the softmax over many patches), and the zeroed weight still receives gradients."""
+    from xaibench.methods.learned.explainer import PatchExplainer
+
+    adapter = four_patch_vit()
+    sv = create_method("salvage", preset="quick", **TINY)
+    net = PatchExplainer(adapter.model, adapter.num_prefix_tokens, sv.out_dim(10))
+    assert net.mlp[-1].weight.abs().sum() > 0
+    sv.init_head(net)
+    x = adapter.normalize(torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    out = net(x)
+    assert torch.equal(out, torch.zeros_like(out))
+    keep = torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(1)) < 0.5
+    u = sv.shapley_logits(out, keep).softmax(-1)
+    assert torch.allclose(u, torch.full_like(u, 0.1))
+    v = torch.softmax(torch.randn(3, 5, 10, generator=torch.Generator().manual_seed(2)), -1)
+    sv.loss(out, keep, v, None, None).backward()
+    assert net.mlp[-1].weight.grad.abs().sum() > 0
