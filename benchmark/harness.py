@@ -29,7 +29,7 @@ import torch
 from . import __version__
 from .attribution import Attribution
 from .errors import UserError, check_positive
-from .io import cache_dir, load_torch, read_json, save_torch, stable_hash, write_csv, write_json, write_text
+from .io import cache_dir, load_torch, read_json, save_torch, stable_hash, write_csv, write_json
 from .registry import DATASETS, METHODS, METRICS, MODELS, load_plugin
 from .removal import STRATEGIES, Removal
 

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -91,6 +91,23 @@ def _random_keep(n: int, num_patches: int, g: torch.Generator) -> torch.Tensor:
     return torch.zeros(n, num_patches, dtype=torch.bool).scatter_(1, idx, True)
 
 
+def removal_augmented_step(adapter: ModelAdapter, x: torch.Tensor, y: torch.Tensor, removal: Removal,
+                           removal_fraction: float, g: torch.Generator, opt, sched) -> Tuple[float, torch.Tensor]:
+    """One optimiser step of cross-entropy where the first ``removal_fraction`` of the batch has a
+    random patch subset removed (one size k ~ U(1, P) per step). Returns the loss and the logits."""
+    n_mask = int(round(removal_fraction * len(x)))
+    logits = adapter.logits(x[n_mask:])
+    if n_mask:
+        keep = _random_keep(n_mask, adapter.num_patches, g).to(x.device)
+        logits = torch.cat([adapter.masked_logits(x[:n_mask], keep, removal), logits])
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach()), logits.detach()
+
+
 def evaluate_accuracy(adapter: ModelAdapter, split, batch_size: int = 256) -> float:
     correct = 0
     with torch.no_grad():
@@ -125,22 +142,12 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
             if recipe.flip:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 x = torch.where(flip.to(device)[:, None, None, None], x.flip(3), x)
+            loss, logits = removal_augmented_step(adapter, x, y, removal, recipe.removal_fraction, g, opt, sched)
             n_mask = int(round(recipe.removal_fraction * len(idx)))
-            logits_clean = adapter.logits(x[n_mask:])
-            if n_mask:
-                keep = _random_keep(n_mask, adapter.num_patches, g).to(device)
-                logits = torch.cat([adapter.masked_logits(x[:n_mask], keep, removal), logits_clean])
-            else:
-                logits = logits_clean
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
+            total += loss * len(idx)
             seen += len(idx)
-            hits += int((logits_clean.argmax(1) == y[n_mask:]).sum())
-            bar.step(float(loss.detach()))
+            hits += int((logits[n_mask:].argmax(1) == y[n_mask:]).sum())
+            bar.step(loss)
         model.eval()
         val_acc = evaluate_accuracy(adapter, val)
         return {"loss": total / seen, "train_acc_clean": hits / max(1, seen - n_mask * steps),

@@ -32,7 +32,6 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .adapter import ModelAdapter
 from .errors import UserError
@@ -237,7 +236,7 @@ def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = 
     holding ``model.pt`` and ``meta.json``. The run then finds it by (model, dataset)."""
     from .datasets import load_dataset
     from .datasets.folder import attach_preprocessing, read_samples
-    from .models import _random_keep
+    from .models import removal_augmented_step
     from .removal import Removal
     from .training import batches, train_epochs
 
@@ -289,20 +288,12 @@ def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = 
                 y = torch.tensor([s.label for s in samples], device=device)
                 flip = flips[: len(samples)].to(device)[:, None, None, None]
                 x = torch.where(flip, x.flip(3), x)
-                n_mask = int(round(recipe.removal_fraction * len(samples)))
-                keep = _random_keep(n_mask, adapter.num_patches, g).to(device) if n_mask else None
-                logits_clean = adapter.logits(x[n_mask:])
-                logits = (torch.cat([adapter.masked_logits(x[:n_mask], keep, removal), logits_clean])
-                          if n_mask else logits_clean)
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(samples)
+                loss, logits = removal_augmented_step(adapter, x, y, removal, recipe.removal_fraction, g, opt,
+                                                      sched)
+                total += loss * len(samples)
                 seen += len(samples)
                 hits += int((logits.argmax(1) == y).sum())
-                bar.step(float(loss.detach()))
+                bar.step(loss)
             model.eval()
             return {"loss": total / max(1, seen), "train_acc": hits / max(1, seen),
                     "val_acc": _accuracy(adapter, val, recipe.batch_size), "lr": sched.get_last_lr()[-1]}

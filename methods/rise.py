@@ -30,7 +30,7 @@ from xaibench.attribution import Attribution
 from xaibench.errors import UserError
 from xaibench.seeding import generator
 
-from .base import AttributionMethod, Requires, register_method
+from .base import AttributionMethod, register_method
 
 MODES = ("auto", "pixel", "patch")
 

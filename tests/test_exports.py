@@ -10,7 +10,6 @@ import subprocess
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from xaibench.cli import main
 from xaibench.exports import latex_escape, render, to_latex, to_markdown

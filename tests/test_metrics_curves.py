@@ -190,7 +190,6 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
     batch = make_batch(adapter, n=2)
     pool = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(11))
     ctx = EvalContext(adapter, Removal("drop" if adapter.is_vit else "mean"), seed=2, distractors=pool)
-    maps = {}
 
     def explain(targets):
         explain.calls += 1
