@@ -24,7 +24,8 @@ class Saliency(AttributionMethod):
     def attribute(self, adapter, x, target, *, ids, masks=None):
         from captum.attr import Saliency as CaptumSaliency
 
-        grads = CaptumSaliency(adapter.forward_fn()).attribute(x, target=target, abs=True)
+        grads = CaptumSaliency(adapter.forward_fn()).attribute(x.detach().requires_grad_(), target=target,
+                                                                abs=True)
         adapter.zero_grad()
         return Attribution(grads.amax(1), "pixel")
 
@@ -60,7 +61,7 @@ class SmoothGrad(AttributionMethod):
         for s in range(0, n, step):
             m = min(step, n - s)
             noise = torch.stack([torch.randn(m, *x.shape[1:], generator=g, device=x.device) for g in gens])
-            noisy = (x[:, None] + noise * sigma.view(B, 1, 1, 1, 1)).flatten(0, 1)
+            noisy = (x[:, None] + noise * sigma.view(B, 1, 1, 1, 1)).flatten(0, 1).detach().requires_grad_()
             grads = saliency.attribute(noisy, target=target.repeat_interleave(m), abs=True)
             total += grads.amax(1).view(B, m, *x.shape[2:]).sum(1)
         adapter.zero_grad()
