@@ -61,9 +61,10 @@ def _palette(run: RunResults, methods: Sequence[str]) -> Dict[str, tuple]:
     """One colour per method, the same in every figure of the run."""
     import seaborn as sns
 
-    every = sorted(run.config.get("methods", {}) or methods)
+    reference = {"random": (0.55, 0.55, 0.55), "oracle": (0.0, 0.0, 0.0)}   # dashed grey / black
+    every = [m for m in sorted(run.config.get("methods", {}) or methods) if m not in reference]
     colors = sns.color_palette("tab10" if len(every) <= 10 else "husl", len(every))
-    return {m: colors[every.index(m)] if m in every else (0.3, 0.3, 0.3) for m in methods}
+    return {m: reference.get(m) or (colors[every.index(m)] if m in every else (0.3, 0.3, 0.3)) for m in methods}
 
 
 def _pick_methods(run: RunResults, available: Sequence[str], methods: Optional[Sequence[str]]) -> List[str]:
