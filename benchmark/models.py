@@ -74,7 +74,7 @@ def xaibench_vit() -> ClassifierRecipe:
 def xaibench_resnet() -> ClassifierRecipe:
     """Small ResNet (one BasicBlock per stage, 32–256 channels) for CNN-only methods on ``synthetic``."""
     return ClassifierRecipe("resnet", dict(layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32),
-                            epochs=8, weight_decay=1e-4)
+                            epochs=16, lr=3e-3, weight_decay=1e-4)
 
 
 # --------------------------------------------------------------------------- training
