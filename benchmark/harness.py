@@ -312,6 +312,8 @@ class Run:
             info = {"status": "skipped", "reason": reason, "settings_key": settings_key}
             write_json(done, info)
             return info
+        # a method must not leave the shared classifier changed for the next one (frozen weights, train mode)
+        trainable = [p.requires_grad for p in self.adapter.model.parameters()]
         try:
             return self._score_method(method, metrics, ctx, fit_ctx, part, settings_key)
         except (KeyboardInterrupt, UserError):
@@ -320,6 +322,10 @@ class Run:
             self._log(f"{method.name}: FAILED ({type(exc).__name__}: {exc}); continuing with the other methods")
             return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                     "traceback": traceback.format_exc()}
+        finally:
+            for p, flag in zip(self.adapter.model.parameters(), trainable):
+                p.requires_grad_(flag)
+            self.adapter.model.eval()
 
     def _score_method(self, method, metrics, ctx, fit_ctx, part: Path, settings_key: str) -> dict:
         from tqdm.auto import tqdm

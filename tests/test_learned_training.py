@@ -156,3 +156,14 @@ def test_salvage_head_starts_at_uniform_u_and_still_learns():
     v = torch.softmax(torch.randn(3, 5, 10, generator=torch.Generator().manual_seed(2)), -1)
     sv.loss(out, keep, v, None, None).backward()
     assert net.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_weights_fingerprint_handles_zero_dim_buffers():
+    import torch.nn as nn
+
+    from xaibench.methods.learned.common import weights_fingerprint
+
+    bn = nn.BatchNorm2d(3)            # num_batches_tracked is a 0-dim long tensor
+    before = weights_fingerprint(bn)
+    bn.num_batches_tracked += 1
+    assert weights_fingerprint(bn) != before

@@ -138,3 +138,21 @@ def test_random_srg_is_zero_within_its_interval(cache, tmp_path):
     board = pd.read_csv(run_dir(tmp_path) / "leaderboard.csv")
     row = board[(board.method == "random") & (board.metric == "srg")].iloc[0]
     assert row.ci_low <= 0 <= row.ci_high
+
+
+def test_a_method_that_freezes_the_classifier_does_not_break_the_next(cache, tmp_path, monkeypatch):
+    import plugin_tiny
+
+    original = plugin_tiny.GradXInputTest.attribute
+
+    def freezes_then_fails(self, adapter, *a, **k):
+        adapter.model.requires_grad_(False)
+        adapter.model.train()
+        raise RuntimeError("left the classifier frozen")
+
+    monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", freezes_then_fails)
+    assert xb(cache, "run", *FAST, "--methods", "grad_x_input_test,gradcam", "--out", str(tmp_path)) == 0
+    config = json.loads((run_dir(tmp_path) / "config.json").read_text())
+    assert config["methods"]["grad_x_input_test"]["status"] == "failed"
+    assert config["methods"]["gradcam"]["status"] == "done"
+    monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", original)

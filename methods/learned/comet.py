@@ -103,7 +103,6 @@ class Comet(AttributionMethod):
 
             seeded_init(ctx.seed, "comet-predictor", build=reset)
         predictor.model.requires_grad_(True)
-        adapter.model.requires_grad_(False)   # the frozen detector
         recipe = {k: p[k] for k in ("epochs", "batch_size", "lr", "a", "b", "t", "steps_per_epoch", "selector_width",
                                     "predictor_init")}
         key = cache_key("comet", adapter, {**recipe, "version": 1}, ctx.seed, dataset_name(ctx, train_data))
@@ -134,6 +133,7 @@ class Comet(AttributionMethod):
                 bar.step(float(loss.detach()), l_p=float(lp.detach()))
             return {k: v / steps for k, v in sums.items()}
 
+        adapter.model.requires_grad_(False)   # the frozen detector
         try:
             info = train_cached(Path(ctx.cache_dir) / key, {"selector": selector, "predictor": predictor.model},
                                 make_opt, p["epochs"], steps, run_epoch, seed=ctx.seed, desc="comet",
