@@ -59,3 +59,12 @@ def synth32():
     masks = torch.stack([s.mask for s in samples])
     ids = [s.id for s in samples]
     return images, labels, masks, ids
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train far faster on one thread (no oversubscription on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

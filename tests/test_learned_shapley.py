@@ -6,20 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train far faster on one thread (no oversubscription on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 from conftest import make_tiny_vit
 from xaibench.datasets import load_dataset
 from xaibench.methods import FitContext, create_method
 from xaibench.methods.learned import surrogate
 from xaibench.methods.learned.exact_shapley import exact_shapley, removal_game
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = dict(epochs=1, steps_per_epoch=120, batch_size=8, masks_per_image=16, lr=3e-3, weight_decay=0.0)
 

@@ -6,21 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train far faster on one thread (no oversubscription on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 from conftest import make_tiny_vit
 from xaibench.datasets import load_dataset
 from xaibench.methods import FitContext, create_method
 from xaibench.methods.learned import common, surrogate
 from xaibench.methods.learned.common import ExplainerRecipe, cache_key
 from xaibench.methods.learned.salvage import js_divergence
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "masks_per_image": 4}
 TINY_SURROGATE = surrogate.SurrogateRecipe(epochs=2, batch_size=4, masks_per_image=2, lr=1e-3, weight_decay=0.0,
