@@ -87,6 +87,17 @@ def versions() -> Dict[str, str]:
     return out
 
 
+def _code_fingerprint(classes) -> str:
+    """Hash of the source files defining ``classes``: a finished part is reused only if the code
+    that produced it is unchanged (an edited method or metric recomputes on the next run)."""
+    import inspect
+
+    from .io import file_hash
+
+    files = sorted({inspect.getsourcefile(c) or "" for c in classes})
+    return stable_hash([(Path(f).name, file_hash(f) if f and Path(f).exists() else "") for f in files])
+
+
 class Run:
     """One benchmark run; ``execute()`` does the work and returns the run directory."""
 
@@ -299,7 +310,8 @@ class Run:
 
     def _run_method(self, method, metrics, ctx, fit_ctx) -> dict:
         part = self._part_dir(method)
-        settings_key = stable_hash({"method": method.settings(), "metrics": [m.settings() for m in metrics]})
+        settings_key = stable_hash({"method": method.settings(), "metrics": [m.settings() for m in metrics],
+                                    "code": _code_fingerprint([type(method)] + [type(m) for m in metrics])})
         done = part / "done.json"
         if done.exists():
             info = read_json(done)

@@ -156,3 +156,17 @@ def test_a_method_that_freezes_the_classifier_does_not_break_the_next(cache, tmp
     assert config["methods"]["grad_x_input_test"]["status"] == "failed"
     assert config["methods"]["gradcam"]["status"] == "done"
     monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", original)
+
+
+def test_a_changed_method_is_recomputed_not_reused(cache, tmp_path, monkeypatch):
+    import xaibench.harness as harness
+
+    args = ["run", *FAST, "--methods", "random", "--out", str(tmp_path)]
+    assert xb(cache, *args) == 0
+    part = run_dir(tmp_path) / "parts" / "random" / "scores.csv"
+    stamp = part.stat().st_mtime_ns
+    assert xb(cache, *args) == 0
+    assert part.stat().st_mtime_ns == stamp                      # same code: reused
+    monkeypatch.setattr(harness, "_code_fingerprint", lambda classes: "edited")
+    assert xb(cache, *args) == 0
+    assert part.stat().st_mtime_ns != stamp                      # edited code: recomputed
