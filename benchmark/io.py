@@ -53,6 +53,16 @@ def file_hash(path: str | os.PathLike, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (16 hex) of a module's parameters and buffers, in state-dict order: identical weights
+    give identical fingerprints (unlike a hash of a ``torch.save`` file, which embeds a random id)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
     path = Path(path)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from .adapter import ModelAdapter
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
-from .io import cache_lock, file_hash, load_torch, read_json, save_torch, stable_hash, write_json
+from .seeding import derive_seed
+from .io import cache_lock, load_torch, weights_fingerprint, read_json, save_torch, stable_hash, write_json
 from .registry import MODELS
 from .removal import Removal
 from .training import batches, train_epochs
@@ -45,7 +46,7 @@ class ClassifierRecipe:
     removal_fraction: float = 0.5               # share of each batch trained with random patch removal
     flip: bool = True
     seed: int = 0
-    version: int = 1                            # bump when the training code changes what it produces
+    version: int = 2                            # bump when the training code changes what it produces
 
     def build(self, num_classes: int) -> nn.Module:
         if self.arch == "vit":
@@ -126,7 +127,9 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
     opts = dict(recipe.dataset_options, seed=recipe.seed)
     train, val, test = (load_dataset(recipe.dataset, s, **opts) for s in ("train", "val", "test"))
     mean, std = _channel_stats(train.images)
-    model = recipe.build(train.num_classes).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(recipe.seed, "classifier-init"))
+        model = recipe.build(train.num_classes).to(device)
     adapter = ModelAdapter(model, mean=mean, std=std, input_size=recipe.input_size, device=device)
     removal = recipe.removal()
     steps = len(train) // recipe.batch_size
@@ -217,7 +220,7 @@ def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.dev
     adapter = ModelAdapter(model, mean=meta["mean"], std=meta["std"], input_size=recipe.input_size,
                            device=device, name=name, class_names=meta["classes"])
     adapter.meta = {"source": "xaibench recipe", "cache_key": directory.name,
-                    "weights_sha256": file_hash(directory / "model.pt"),
+                    "weights_sha256": weights_fingerprint(model),
                     "test_accuracy": meta["test_accuracy"], "train_seconds": meta.get("train_seconds")}
     return adapter
 

@@ -37,6 +37,7 @@ from .adapter import ModelAdapter
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
 from .io import cache_lock, file_hash, load_torch, read_json, save_torch, stable_hash, write_json
+from .seeding import derive_seed
 
 IMAGENET_CLASSES = 1000
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema", "state_dict_ema")
@@ -254,7 +255,9 @@ def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = 
         train, val = load_dataset(recipe.dataset, "train", **opts), load_dataset(recipe.dataset, "val", **opts)
         model = load_into(recipe.model, read_state_dict(weights), f"--weights {weights}", **recipe.create_kwargs()) \
             if weights else create_pretrained(recipe.model, **recipe.create_kwargs())
-        model.reset_classifier(train.num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(recipe.seed, "head-init"))
+            model.reset_classifier(train.num_classes)
         model.to(device)
         adapter = _adapter(model, recipe.model, train, None, device)
         attach_preprocessing(train, adapter)

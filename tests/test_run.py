@@ -170,3 +170,14 @@ def test_a_changed_method_is_recomputed_not_reused(cache, tmp_path, monkeypatch)
     monkeypatch.setattr(harness, "_code_fingerprint", lambda classes: "edited")
     assert xb(cache, *args) == 0
     assert part.stat().st_mtime_ns != stamp                      # edited code: recomputed
+
+
+def test_classifier_training_is_reproducible(tmp_path):
+    import plugin_tiny  # noqa: F401  (registers tiny_test_vit)
+    from xaibench.models import load_model
+
+    a = load_model("tiny_test_vit", cache_dir=str(tmp_path / "a"), progress=False)
+    b = load_model("tiny_test_vit", cache_dir=str(tmp_path / "b"), progress=False)
+    c = load_model("tiny_test_vit", cache_dir=str(tmp_path / "c"), progress=False, seed=1)
+    assert a.meta["weights_sha256"] == b.meta["weights_sha256"]
+    assert a.meta["weights_sha256"] != c.meta["weights_sha256"]

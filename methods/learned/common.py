@@ -10,7 +10,6 @@ finished, ``weights.pt`` (loaded with ``weights_only=True``) and ``meta.json``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from xaibench.adapter import ModelAdapter
-from xaibench.io import load_torch, read_json, save_torch, stable_hash, write_json
+from xaibench.io import load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
 from xaibench.training import train_epochs
 
 
@@ -35,13 +34,6 @@ def seeded_init(seed: int, *keys: object, build: Callable[[], nn.Module]) -> nn.
         return build()
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex) of a module's parameters and buffers, in state-dict order."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 def cache_key(kind: str, adapter: ModelAdapter, recipe: Any, seed: int, dataset: str = "",
