@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from .adapter import ModelAdapter
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
-from .seeding import derive_seed
-from .io import cache_lock, load_torch, weights_fingerprint, read_json, save_torch, stable_hash, write_json
+from .io import cache_lock, load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
 from .registry import MODELS
 from .removal import Removal
+from .seeding import derive_seed
 from .training import batches, train_epochs
 
 register_model = MODELS.register
