@@ -70,7 +70,7 @@ def sync(device):
 def main():
     from xaibench.attribution import Attribution
     from xaibench.metrics import Batch, EvalContext, create_metric
-    from xaibench.metrics.insertion import keep_first, tie_break_order
+    from xaibench.metrics.ranking import keep_first, ranked_order
     from xaibench.removal import Removal
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,8 +113,8 @@ def main():
             sync(device)
             t_metric += time.perf_counter() - t
             scores = attr.patch_scores(adapter.grid)
-            keep = torch.cat([keep_first(tie_break_order(scores, ids, 0, True), ks),
-                              keep_first(tie_break_order(scores, ids, 0, False), ks)], 1)
+            keep = torch.cat([keep_first(ranked_order(scores, ids, 0, True), ks),
+                              keep_first(ranked_order(scores, ids, 0, False), ks)], 1)
             t_raw += raw_forward_seconds(adapter, x, keep, strategy)
             n_inputs += keep.shape[0] * keep.shape[1]
         results[strategy] = t_metric

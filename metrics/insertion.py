@@ -10,8 +10,6 @@ run's ``--cardinalities`` overrides either preset. ``settings()`` records the ch
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from .base import DOWN, UP, Metric, MetricResult, register_metric
@@ -19,15 +17,10 @@ from .engine import removal_probs
 from .ranking import keep_first, ranked_order
 
 
-def tie_break_order(scores: torch.Tensor, ids: Sequence[str], seed: int, descending: bool) -> torch.Tensor:
-    """Patch indices (B, P) sorted by score; equal scores in a random order seeded by image id."""
-    return ranked_order(scores, ids, seed, descending, purpose="tie-break")
-
-
 def insertion_curves(adapter, x, scores, targets, ids, removal, ks, seed):
     """Target probabilities (B, K) when keeping the k most (MIF) and least (LIF) relevant patches."""
-    mif_keep = keep_first(tie_break_order(scores, ids, seed, descending=True), ks)
-    lif_keep = keep_first(tie_break_order(scores, ids, seed, descending=False), ks)
+    mif_keep = keep_first(ranked_order(scores, ids, seed, descending=True), ks)
+    lif_keep = keep_first(ranked_order(scores, ids, seed, descending=False), ks)
     probs = removal_probs(adapter, x, torch.cat([mif_keep, lif_keep], dim=1), removal, ids, targets)
     return probs[:, : len(ks)], probs[:, len(ks):]
 

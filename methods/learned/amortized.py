@@ -68,7 +68,7 @@ class AmortizedExplainer(AttributionMethod):
         recipe = self.recipe()
         sur, sur_key, sur_info = fit_surrogate(adapter, train_data, ctx)
         self.surrogate = sur
-        C, P, device = adapter.num_classes, adapter.num_patches, adapter.device
+        C, device = adapter.num_classes, adapter.device
         net = seeded_init(ctx.seed, self.name, build=lambda: PatchExplainer(
             sur.model, adapter.num_prefix_tokens, self.out_dim(C), recipe.mlp_hidden, recipe.freeze_backbone)).to(device)
         net.backbone.requires_grad_(not recipe.freeze_backbone)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-ZERO_WEIGHT_KEY = -1.0e4   # below log w + Gumbel of any positive float32 weight, above nothing else
+from xaibench.metrics.sampling import gumbel_top_k, sampling_weights
 
 
 def shapley_kernel_sizes(num_patches: int) -> torch.Tensor:
@@ -58,19 +58,10 @@ def uniform_size_masks(n: int, num_masks: int, num_patches: int, g: torch.Genera
     return _first_k(torch.rand(n, num_masks, num_patches, generator=g), sizes)
 
 
-def minmax(phi: torch.Tensor) -> torch.Tensor:
-    """Row-wise (φ − min) / (max − min); a constant row gives ones (uniform weights)."""
-    lo, hi = phi.min(-1, keepdim=True).values, phi.max(-1, keepdim=True).values
-    span = hi - lo
-    return torch.where(span > 0, (phi - lo) / span.clamp_min(1e-30), torch.ones_like(phi))
-
-
 def weighted_subsets(weights: torch.Tensor, sizes: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Subsets of ``sizes`` (...,) patches drawn without replacement ∝ ``weights`` (..., P) ≥ 0."""
     u = torch.rand(weights.shape, generator=g).clamp_(1e-12, 1.0 - 1e-7).to(weights.device)
-    gumbel = -torch.log(-torch.log(u))
-    keys = torch.where(weights > 0, weights.clamp_min(1e-38).log() + gumbel, ZERO_WEIGHT_KEY + gumbel)
-    return _first_k(keys, sizes.to(weights.device))
+    return gumbel_top_k(weights, -torch.log(-torch.log(u)), sizes)
 
 
 def guided_masks(phi: torch.Tensor, num_masks: int, g: torch.Generator) -> torch.Tensor:
@@ -79,7 +70,7 @@ def guided_masks(phi: torch.Tensor, num_masks: int, g: torch.Generator) -> torch
     The first ⌈M/2⌉ subsets use φ_norm as weights, the other ⌊M/2⌋ use 1 − φ_norm; every size is
     m ~ U{1, …, P}."""
     n, P = phi.shape
-    w = minmax(phi.detach().float())
+    w = sampling_weights(phi.detach().float())
     first = (num_masks + 1) // 2
     weights = torch.cat([w[:, None].expand(n, first, P), (1 - w)[:, None].expand(n, num_masks - first, P)], 1)
     sizes = torch.randint(1, P + 1, (n, num_masks), generator=g)

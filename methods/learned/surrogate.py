@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from xaibench.adapter import ModelAdapter
 
