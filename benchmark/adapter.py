@@ -231,16 +231,7 @@ class ModelAdapter:
         removal = Removal(removal) if isinstance(removal, str) else removal
         if removal.strategy == "drop":
             self._check_drop(keep[:, None])
-            tokens = self.vit_embed(x)
-            counts = keep.sum(1)
-            out = None
-            for k in counts.unique().tolist():
-                rows = (counts == k).nonzero()[:, 0]
-                logits = self.vit_from_tokens(self.gather_tokens(tokens, rows, keep[rows].nonzero()[:, 1].view(len(rows), k)))
-                if out is None:
-                    out = logits.new_empty(len(x), logits.shape[1])
-                out = out.index_copy(0, rows, logits)
-            return out
+            return self._drop_forward(self.vit_embed(x), keep, torch.arange(len(x), device=x.device), chunked=False)
         if keep.ndim == 2:
             keep = self.patch_keep_to_pixels(keep)
         if fill is None:
@@ -255,25 +246,32 @@ class ModelAdapter:
         if keep.ndim != 3 or keep.dtype != torch.bool or keep.shape[2] != self.num_patches:
             raise ValueError(f"removal 'drop' needs a boolean patch mask (B, M, {self.num_patches})")
 
+    def _drop_forward(self, tokens: torch.Tensor, keep: torch.Tensor, image: torch.Tensor,
+                      chunked: bool) -> torch.Tensor:
+        """Logits (n, C) of the rows of ``keep`` (n, P) with the removed patch tokens left out; row i
+        uses the embedded tokens of image ``image[i]``. Rows are grouped by cardinality (one
+        sequence length per forward) and, when ``chunked``, split to the memory budget."""
+        counts = keep.sum(1)
+        full = self.num_prefix_tokens + keep.shape[1]
+        out: Optional[torch.Tensor] = None
+        for k in counts.unique().tolist():
+            rows = (counts == k).nonzero()[:, 0]
+            kept = keep[rows].nonzero()[:, 1].view(len(rows), k)
+            step = max(1, self.chunk_size * full // (self.num_prefix_tokens + k)) if chunked else len(rows)
+            for s in range(0, len(rows), step):
+                r = rows[s: s + step]
+                logits = self.vit_from_tokens(self.gather_tokens(tokens, image[r], kept[s: s + step]))
+                if out is None:
+                    out = logits.new_zeros(len(keep), logits.shape[1])
+                out = out.index_copy(0, r, logits)
+        return out
+
     def _dropped_probs(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         self._check_drop(keep)
         B, M, P = keep.shape
-        tokens = self.vit_embed(x)
-        flat = keep.reshape(B * M, P)
-        counts = flat.sum(1)
-        out: Optional[torch.Tensor] = None
-        full = self.num_prefix_tokens + P
-        for k in counts.unique().tolist():
-            rows = (counts == k).nonzero()[:, 0]
-            kept = flat[rows].nonzero()[:, 1].view(len(rows), k)
-            step = max(1, self.chunk_size * full // (self.num_prefix_tokens + k))
-            for s in range(0, len(rows), step):
-                r = rows[s: s + step]
-                p = self.vit_from_tokens(self.gather_tokens(tokens, r // M, kept[s: s + step])).float().softmax(-1)
-                if out is None:
-                    out = torch.empty(B * M, p.shape[1], device=x.device)
-                out[r] = p
-        return out.view(B, M, -1)
+        image = torch.arange(B, device=x.device).repeat_interleave(M)
+        logits = self._drop_forward(self.vit_embed(x), keep.reshape(B * M, P), image, chunked=True)
+        return logits.float().softmax(-1).view(B, M, -1)
 
     def _filled_probs(self, x: torch.Tensor, keep: torch.Tensor, removal: Removal,
                       ids: Optional[Sequence[str]]) -> torch.Tensor:
