@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from xaibench.attribution import Attribution
 from xaibench.errors import UserError
+from xaibench.removal import Removal
 from xaibench.seeding import generator
 
 from .base import AttributionMethod, Requires, register_method
@@ -67,9 +68,9 @@ class MaskOptimisation(AttributionMethod):
         ``picks`` (B, D) indices into the pool."""
         B, D = picks.shape
         M = F.interpolate(mask_low[:, None], size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[:, 0]
-        bg = self.distractors.to(x.device)[picks.flatten()].view(B, D, *x.shape[1:])
-        mixed = M[:, None, None] * x[:, None] + (1 - M[:, None, None]) * bg
-        probs = adapter.logits(mixed.flatten(0, 1)).float().softmax(-1)
+        bg = self.distractors.to(x.device)[picks.flatten()]
+        mixed = Removal.compose(x.repeat_interleave(D, 0), M.repeat_interleave(D, 0), bg)
+        probs = adapter.logits(mixed).float().softmax(-1)
         p = probs.gather(1, target.repeat_interleave(D)[:, None]).view(B, D).mean(1)
         loss = (-torch.log(p.clamp_min(1e-12)) + self.params["lambda_tv"] * total_variation(M)
                 + self.params["lambda_l1"] * M.flatten(1).sum(1))
