@@ -38,17 +38,18 @@ def gumbel_noise(ids: Sequence[str], ks: Sequence[int], n: int, p: int, seed: in
     return -torch.log(-torch.log(u.clamp_min(tiny)))
 
 
-ZERO_WEIGHT_KEY = -1.0e4   # below log w + Gumbel of any positive float32 weight (log w ≥ −88)
-
-
 def gumbel_top_k(weights: torch.Tensor, noise: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """The one weighted sampler without replacement: keep masks with, per row of ``noise``
     (..., P), the ``sizes`` (...,) patches with the largest keys log w + G; weights (..., P)
-    broadcast against noise. Zero-weight patches get keys ZERO_WEIGHT_KEY + G, so they come after
-    every positive one, in a uniformly random order among themselves."""
-    keys = torch.where(weights > 0, weights.clamp_min(1e-38).log() + noise, ZERO_WEIGHT_KEY + noise)
-    rank = keys.argsort(dim=-1, descending=True).argsort(dim=-1)
-    return rank < sizes.to(rank.device)[..., None]
+    broadcast against noise. Zero-weight patches come after every positive one, ordered by their
+    noise alone (a uniformly random order among themselves, without float offsets that would
+    round noise away)."""
+    positive = (weights > 0).expand_as(noise)
+    logw = torch.where(weights > 0, weights, torch.ones_like(weights)).log()
+    keys = torch.where(positive, logw + noise, noise)
+    order = keys.argsort(dim=-1, descending=True)
+    order = order.gather(-1, positive.gather(-1, order).to(torch.uint8).argsort(dim=-1, descending=True, stable=True))
+    return order.argsort(dim=-1) < sizes.to(order.device)[..., None]
 
 
 def subsets_from_keys(weights: torch.Tensor, noise: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
