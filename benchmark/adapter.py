@@ -4,6 +4,7 @@ Introspection (ViT or CNN, patch grid, prefix tokens, attention modules, GradCAM
 happens here, once. Inputs are always in the model's normalised input space; use
 :meth:`ModelAdapter.normalize` on images in [0, 1].
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,10 @@ DEFAULT_CPU_BUDGET_MB = 1024
 
 
 def _is_timm_vit(model: nn.Module) -> bool:
-    return all(hasattr(model, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head",
-                                            "num_prefix_tokens"))
+    return all(
+        hasattr(model, a)
+        for a in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head", "num_prefix_tokens")
+    )
 
 
 @dataclass
@@ -49,19 +52,31 @@ class ModelAdapter:
         memory_budget_mb: bound on the activations of one chunk of removal forwards.
     """
 
-    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float],
-                 input_size: Tuple[int, int], class_indices: Optional[Sequence[int]] = None,
-                 patch_size: Optional[int] = None, device: str | torch.device = "cpu",
-                 name: str = "", memory_budget_mb: Optional[float] = None,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: Tuple[int, int],
+        class_indices: Optional[Sequence[int]] = None,
+        patch_size: Optional[int] = None,
+        device: str | torch.device = "cpu",
+        name: str = "",
+        memory_budget_mb: Optional[float] = None,
+        class_names: Optional[Sequence[str]] = None,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.name = name or type(model).__name__
         self.input_size = tuple(int(s) for s in input_size)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.class_indices = (torch.as_tensor(class_indices, dtype=torch.long, device=self.device)
-                              if class_indices is not None else None)
+        self.class_indices = (
+            torch.as_tensor(class_indices, dtype=torch.long, device=self.device)
+            if class_indices is not None
+            else None
+        )
         self.class_names = list(class_names) if class_names is not None else None
         self.is_vit = _is_timm_vit(model)
         if self.is_vit:
@@ -92,7 +107,9 @@ class ModelAdapter:
     def num_classes(self) -> int:
         if self._num_classes is None:
             with torch.no_grad():
-                self._num_classes = self.logits(torch.zeros(1, 3, *self.input_size, device=self.device)).shape[1]
+                self._num_classes = self.logits(
+                    torch.zeros(1, 3, *self.input_size, device=self.device)
+                ).shape[1]
         return self._num_classes
 
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
@@ -127,7 +144,9 @@ class ModelAdapter:
             pix = grid.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)
         else:
             dtype = grid.dtype
-            pix = torch.nn.functional.interpolate(grid.float(), size=self.input_size, mode="nearest").to(dtype)
+            pix = torch.nn.functional.interpolate(grid.float(), size=self.input_size, mode="nearest").to(
+                dtype
+            )
         return pix.reshape(*lead, *self.input_size)
 
     # ---------------------------------------------------------- ViT internals
@@ -191,8 +210,14 @@ class ModelAdapter:
         per_input = 4 * 8 * max(largest[0], 3 * self.input_size[0] * self.input_size[1])
         return int(max(1, min(4096, self.memory_budget_mb * 2**20 // per_input)))
 
-    def masked_probs(self, x: torch.Tensor, keep: torch.Tensor, removal: Removal | str = "mean",
-                     ids: Optional[Sequence[str]] = None, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def masked_probs(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        removal: Removal | str = "mean",
+        ids: Optional[Sequence[str]] = None,
+        target: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Class probabilities of ``x`` with parts removed.
 
         Args:
@@ -218,11 +243,18 @@ class ModelAdapter:
             else:
                 probs = self._filled_probs(x, keep, removal, ids)
         if target is not None:
-            return probs.gather(2, target.to(probs.device).view(-1, 1, 1).expand(-1, probs.shape[1], 1))[..., 0]
+            return probs.gather(2, target.to(probs.device).view(-1, 1, 1).expand(-1, probs.shape[1], 1))[
+                ..., 0
+            ]
         return probs
 
-    def masked_logits(self, x: torch.Tensor, keep: torch.Tensor, removal: Removal | str = "mean",
-                      fill: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def masked_logits(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        removal: Removal | str = "mean",
+        fill: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Logits (n, C) of n inputs with one mask each, differentiable (for training on masked inputs).
 
         keep: (n, P) boolean patch mask, or (n, H, W) pixel mask (not for ``drop``);
@@ -231,7 +263,9 @@ class ModelAdapter:
         removal = Removal(removal) if isinstance(removal, str) else removal
         if removal.strategy == "drop":
             self._check_drop(keep[:, None])
-            return self._drop_forward(self.vit_embed(x), keep, torch.arange(len(x), device=x.device), chunked=False)
+            return self._drop_forward(
+                self.vit_embed(x), keep, torch.arange(len(x), device=x.device), chunked=False
+            )
         if keep.ndim == 2:
             keep = self.patch_keep_to_pixels(keep)
         if fill is None:
@@ -246,8 +280,9 @@ class ModelAdapter:
         if keep.ndim != 3 or keep.dtype != torch.bool or keep.shape[2] != self.num_patches:
             raise ValueError(f"removal 'drop' needs a boolean patch mask (B, M, {self.num_patches})")
 
-    def _drop_forward(self, tokens: torch.Tensor, keep: torch.Tensor, image: torch.Tensor,
-                      chunked: bool) -> torch.Tensor:
+    def _drop_forward(
+        self, tokens: torch.Tensor, keep: torch.Tensor, image: torch.Tensor, chunked: bool
+    ) -> torch.Tensor:
         """Logits (n, C) of the rows of ``keep`` (n, P) with the removed patch tokens left out; row i
         uses the embedded tokens of image ``image[i]``. Rows are grouped by cardinality (one
         sequence length per forward) and, when ``chunked``, split to the memory budget."""
@@ -259,8 +294,8 @@ class ModelAdapter:
             kept = keep[rows].nonzero()[:, 1].view(len(rows), k)
             step = max(1, self.chunk_size * full // (self.num_prefix_tokens + k)) if chunked else len(rows)
             for s in range(0, len(rows), step):
-                r = rows[s: s + step]
-                logits = self.vit_from_tokens(self.gather_tokens(tokens, image[r], kept[s: s + step]))
+                r = rows[s : s + step]
+                logits = self.vit_from_tokens(self.gather_tokens(tokens, image[r], kept[s : s + step]))
                 if out is None:
                     out = logits.new_zeros(len(keep), logits.shape[1])
                 out = out.index_copy(0, r, logits)
@@ -273,8 +308,9 @@ class ModelAdapter:
         logits = self._drop_forward(self.vit_embed(x), keep.reshape(B * M, P), image, chunked=True)
         return logits.float().softmax(-1).view(B, M, -1)
 
-    def _filled_probs(self, x: torch.Tensor, keep: torch.Tensor, removal: Removal,
-                      ids: Optional[Sequence[str]]) -> torch.Tensor:
+    def _filled_probs(
+        self, x: torch.Tensor, keep: torch.Tensor, removal: Removal, ids: Optional[Sequence[str]]
+    ) -> torch.Tensor:
         if keep.ndim == 3:
             if keep.shape[2] != self.num_patches:
                 raise ValueError(f"patch mask has {keep.shape[2]} patches, the model has {self.num_patches}")
@@ -291,7 +327,7 @@ class ModelAdapter:
             p = self.logits(inputs).float().softmax(-1)
             if out is None:
                 out = torch.empty(total, p.shape[1], device=x.device)
-            out[s: s + len(idx)] = p
+            out[s : s + len(idx)] = p
         return out.view(B, M, D, -1).mean(2)
 
     # ---------------------------------------------------------- attention
@@ -300,7 +336,9 @@ class ModelAdapter:
             raise UserError(f"{self.name} is not a ViT: it has no attention maps")
         mods = [blk.attn for blk in self.model.blocks]
         if not all(hasattr(a, "attn_drop") and hasattr(a, "fused_attn") for a in mods):
-            raise UserError(f"{self.name}: attention recording supports timm's standard Attention blocks only")
+            raise UserError(
+                f"{self.name}: attention recording supports timm's standard Attention blocks only"
+            )
         return mods
 
     @contextlib.contextmanager
@@ -319,6 +357,7 @@ class ModelAdapter:
                 record.maps[i] = attn
                 if grad and attn.requires_grad:
                     attn.register_hook(lambda g: record.grads.__setitem__(i, g))
+
             return hook
 
         try:
@@ -337,7 +376,9 @@ class ModelAdapter:
 
         The reference for ``drop``: for CLS-token models both give the same output."""
         B, P = keep.shape
-        allowed = torch.cat([torch.ones(B, self.num_prefix_tokens, dtype=torch.bool, device=keep.device), keep], 1)
+        allowed = torch.cat(
+            [torch.ones(B, self.num_prefix_tokens, dtype=torch.bool, device=keep.device), keep], 1
+        )
         mask = allowed[:, None, None, :].expand(-1, 1, allowed.shape[1], -1)
         return self._select(self.model(x, attn_mask=mask))
 
@@ -366,8 +407,15 @@ class ModelAdapter:
         return reshape
 
     def describe(self) -> dict:
-        return {"name": self.name, "arch": self.arch, "input_size": list(self.input_size),
-                "patch_size": list(self.patch_size), "grid": list(self.grid),
-                "num_prefix_tokens": self.num_prefix_tokens, "num_classes": self.num_classes,
-                "class_indices": None if self.class_indices is None else self.class_indices.tolist(),
-                "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "input_size": list(self.input_size),
+            "patch_size": list(self.patch_size),
+            "grid": list(self.grid),
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "num_classes": self.num_classes,
+            "class_indices": None if self.class_indices is None else self.class_indices.tolist(),
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }

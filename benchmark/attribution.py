@@ -1,4 +1,5 @@
 """The one result type of every attribution method."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class Attribution:
         """(B, gh, gw): patch maps as they are; pixel maps averaged over each patch."""
         if self.level == "patch":
             if tuple(self.maps.shape[1:]) != tuple(grid):
-                raise ValueError(f"patch map of shape {tuple(self.maps.shape[1:])} does not match grid {grid}")
+                raise ValueError(
+                    f"patch map of shape {tuple(self.maps.shape[1:])} does not match grid {grid}"
+                )
             return self.maps
         h, w = self.maps.shape[1:]
         if h % grid[0] or w % grid[1]:

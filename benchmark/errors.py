@@ -3,6 +3,7 @@
 The CLI prints a :class:`UserError` as one line and exits with code 2; anything else
 is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -6,6 +6,7 @@ and lay it out like the papers' tables: one row per method, one column group per
 second best underlined (LaTeX; italic in Markdown, which has no underline), † on values not
 significantly different from the column's best and * on methods that explain their own model.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,31 +84,47 @@ def grid(table: pd.DataFrame):
     digits = {m: decimals(table.loc[table["metric"] == m, "mean"].astype(float)) for _, m in cols}
     cells = {(r.method, (r.group, r.metric)): Cell(r, digits[r.metric]) for r in table.itertuples()}
     methods = ordered(list(table["method"]), table)
-    info = {m: {"label": table.loc[table["method"] == m, "method_label"].iloc[0],
-                "own": bool(table.loc[table["method"] == m, "explains_own_model"].any())} for m in methods}
-    directions = {(g, m): table.loc[(table["group"] == g) & (table["metric"] == m), "direction"].iloc[0]
-                  for g, m in cols}
-    labels = {(g, m): table.loc[(table["group"] == g) & (table["metric"] == m), "metric_label"].iloc[0]
-              for g, m in cols}
+    info = {
+        m: {
+            "label": table.loc[table["method"] == m, "method_label"].iloc[0],
+            "own": bool(table.loc[table["method"] == m, "explains_own_model"].any()),
+        }
+        for m in methods
+    }
+    directions = {
+        (g, m): table.loc[(table["group"] == g) & (table["metric"] == m), "direction"].iloc[0]
+        for g, m in cols
+    }
+    labels = {
+        (g, m): table.loc[(table["group"] == g) & (table["metric"] == m), "metric_label"].iloc[0]
+        for g, m in cols
+    }
     return methods, cols, cells, info, directions, labels
 
 
 def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> List[str]:
     """The notes under a table, as plain sentences."""
-    lines = [f"{'Mean ± half-width of the ' if ci else 'Mean over images; '}"
-             f"{int(LEVEL * 100)} % bootstrap confidence interval over images ({N_BOOT} resamples)"
-             f"{'.' if ci else ' in the CSV/JSON exports.'} "
-             f"Best of each column in bold, second best marked; the reference rows "
-             f"({', '.join(m.capitalize() for m in REFERENCE_METHODS)}) are not ranked.",
-             f"{NOT_SIGNIFICANT} not significantly different from the best of its column (paired Wilcoxon "
-             f"signed-rank test over images, Holm-corrected, {int(ALPHA * 100)} % level)."]
+    lines = [
+        f"{'Mean ± half-width of the ' if ci else 'Mean over images; '}"
+        f"{int(LEVEL * 100)} % bootstrap confidence interval over images ({N_BOOT} resamples)"
+        f"{'.' if ci else ' in the CSV/JSON exports.'} "
+        f"Best of each column in bold, second best marked; the reference rows "
+        f"({', '.join(m.capitalize() for m in REFERENCE_METHODS)}) are not ranked.",
+        f"{NOT_SIGNIFICANT} not significantly different from the best of its column (paired Wilcoxon "
+        f"signed-rank test over images, Holm-corrected, {int(ALPHA * 100)} % level).",
+    ]
     if table["explains_own_model"].any():
-        lines.append(f"{OWN_MODEL} explains its own model (the metrics run on that model's predictions, "
-                     f"not on the classifier's).")
+        lines.append(
+            f"{OWN_MODEL} explains its own model (the metrics run on that model's predictions, "
+            f"not on the classifier's)."
+        )
     nan = table[table["n_nan"] > 0]
     if len(nan):
-        lines.append("Images with no value (NaN), left out of the mean: " + ", ".join(
-            f"{r.method_label} {r.metric_label} ({r.n_nan})" for r in nan.itertuples()) + ".")
+        lines.append(
+            "Images with no value (NaN), left out of the mean: "
+            + ", ".join(f"{r.method_label} {r.metric_label} ({r.n_nan})" for r in nan.itertuples())
+            + "."
+        )
     return lines + not_run(runs_info)
 
 
@@ -115,11 +132,17 @@ def not_run(runs_info: Optional[list]) -> List[str]:
     """One line per run naming the methods that were skipped or failed, with the reason."""
     lines = []
     for run in runs_info or []:
-        skipped = {m: i.get("reason", "") for m, i in run.config.get("methods", {}).items()
-                   if i.get("status") in ("skipped", "failed")}
+        skipped = {
+            m: i.get("reason", "")
+            for m, i in run.config.get("methods", {}).items()
+            if i.get("status") in ("skipped", "failed")
+        }
         if skipped:
-            lines.append(f"Not in {run.dataset} / {run.model}: " + "; ".join(
-                f"{m} ({r.splitlines()[0] if r else 'failed'})" for m, r in skipped.items()) + ".")
+            lines.append(
+                f"Not in {run.dataset} / {run.model}: "
+                + "; ".join(f"{m} ({r.splitlines()[0] if r else 'failed'})" for m, r in skipped.items())
+                + "."
+            )
     return lines
 
 
@@ -135,8 +158,11 @@ def to_markdown(table: pd.DataFrame, ci: bool = True, runs_info: Optional[list] 
     table = _with_group(table)
     methods, cols, cells, info, directions, labels = grid(table)
     several = len({g for g, _ in cols}) > 1
-    head = ["Method"] + [(f"{g} · " if several else "") + f"{labels[c]} {ARROWS.get(directions[c], '')}".strip()
-                         for c in cols for g in [c[0]]]
+    head = ["Method"] + [
+        (f"{g} · " if several else "") + f"{labels[c]} {ARROWS.get(directions[c], '')}".strip()
+        for c in cols
+        for g in [c[0]]
+    ]
     lines = ["| " + " | ".join(_md_escape(h) for h in head) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
         row = [_md_escape(info[m]["label"]) + (f" {OWN_MODEL}" if info[m]["own"] else "")]
@@ -163,12 +189,33 @@ def to_markdown(table: pd.DataFrame, ci: bool = True, runs_info: Optional[list] 
 
 
 # --------------------------------------------------------------------------- LaTeX
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "×": r"$\times$", "±": r"$\pm$", "→": r"$\rightarrow$", "↑": r"$\uparrow$",
-                  "↓": r"$\downarrow$", "†": r"\textsuperscript{\dag}", "·": r"$\cdot$", "≈": r"$\approx$",
-                  "φ": r"$\varphi$", "σ": r"$\sigma$", "λ": r"$\lambda$", "α": r"$\alpha$", "–": "--",
-                  "—": "---", "−": "-"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "×": r"$\times$",
+    "±": r"$\pm$",
+    "→": r"$\rightarrow$",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "†": r"\textsuperscript{\dag}",
+    "·": r"$\cdot$",
+    "≈": r"$\approx$",
+    "φ": r"$\varphi$",
+    "σ": r"$\sigma$",
+    "λ": r"$\lambda$",
+    "α": r"$\alpha$",
+    "–": "--",
+    "—": "---",
+    "−": "-",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -185,8 +232,14 @@ def latex_escape(text: str) -> str:
     return "".join(out)
 
 
-def to_latex(table: pd.DataFrame, ci: bool = True, caption: Optional[str] = None, label: str = "tab:xaibench",
-             runs_info: Optional[list] = None, standalone: bool = False) -> str:
+def to_latex(
+    table: pd.DataFrame,
+    ci: bool = True,
+    caption: Optional[str] = None,
+    label: str = "tab:xaibench",
+    runs_info: Optional[list] = None,
+    standalone: bool = False,
+) -> str:
     """A booktabs ``table`` (needs ``\\usepackage{booktabs}``); ``standalone`` wraps it in a
     compilable document."""
     if table.empty:
@@ -206,8 +259,12 @@ def to_latex(table: pd.DataFrame, ci: bool = True, caption: Optional[str] = None
         out.append(" & ".join(head) + r" \\")
         out.append(" ".join(rules))
     arrows = {"up": r"$\uparrow$", "down": r"$\downarrow$"}
-    out.append(" & ".join(["Method"] + [f"{latex_escape(labels[c])} {arrows.get(directions[c], '')}".strip()
-                                        for c in cols]) + r" \\")
+    out.append(
+        " & ".join(
+            ["Method"] + [f"{latex_escape(labels[c])} {arrows.get(directions[c], '')}".strip() for c in cols]
+        )
+        + r" \\"
+    )
     out.append(r"\midrule")
     first_reference = True
     for m in methods:
@@ -239,8 +296,10 @@ def to_latex(table: pd.DataFrame, ci: bool = True, caption: Optional[str] = None
     out += [rf"\caption{{{latex_escape(text)}}}", rf"\label{{{label}}}", r"\end{table}"]
     body = "\n".join(out) + "\n"
     if standalone:
-        body = ("\\documentclass{article}\n\\usepackage{booktabs}\n"
-                "\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n" + body + "\\end{document}\n")
+        body = (
+            "\\documentclass{article}\n\\usepackage{booktabs}\n"
+            "\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n" + body + "\\end{document}\n"
+        )
     return body
 
 
@@ -265,12 +324,28 @@ def _clean(obj):
 def to_json(table: pd.DataFrame, runs_info: Optional[list] = None) -> str:
     """Everything: the rows, the settings of the statistics, and each run's full config.json."""
     table = _with_group(table)
-    doc = {"statistics": {"confidence_level": LEVEL, "bootstrap_resamples": N_BOOT, "bootstrap": "percentile",
-                          "test": "paired two-sided Wilcoxon signed-rank vs the best of each column",
-                          "correction": "holm", "alpha": ALPHA, "reference_rows": list(REFERENCE_METHODS)},
-           "rows": table.to_dict(orient="records"),
-           "runs": [{"dir": str(r.dir), "run_id": r.run_id, "dataset": r.dataset, "model": r.model,
-                     "config": r.config} for r in (runs_info or [])]}
+    doc = {
+        "statistics": {
+            "confidence_level": LEVEL,
+            "bootstrap_resamples": N_BOOT,
+            "bootstrap": "percentile",
+            "test": "paired two-sided Wilcoxon signed-rank vs the best of each column",
+            "correction": "holm",
+            "alpha": ALPHA,
+            "reference_rows": list(REFERENCE_METHODS),
+        },
+        "rows": table.to_dict(orient="records"),
+        "runs": [
+            {
+                "dir": str(r.dir),
+                "run_id": r.run_id,
+                "dataset": r.dataset,
+                "model": r.model,
+                "config": r.config,
+            }
+            for r in (runs_info or [])
+        ],
+    }
     return json.dumps(_clean(doc), indent=2, ensure_ascii=False) + "\n"
 
 

@@ -13,6 +13,7 @@ writes ``<out>/<run_id>/``:
 The run id is a hash of the settings that determine the numbers, so re-running the same
 command after an interruption finds the finished methods and reuses them.
 """
+
 from __future__ import annotations
 
 import platform
@@ -42,18 +43,20 @@ EMBEDDED_DATASET = "synthetic"
 @dataclass
 class RunConfig:
     dataset: str = EMBEDDED_DATASET
-    model: Optional[str] = None               # default: the dataset's default model
+    model: Optional[str] = None  # default: the dataset's default model
     methods: Any = "all"
     metrics: Any = "all"
-    n_images: Optional[int] = None            # default: 200 on synthetic, the whole split elsewhere
+    n_images: Optional[int] = None  # default: 200 on synthetic, the whole split elsewhere
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"
-    preset: str = "auto"                      # quick on the embedded default, paper elsewhere
-    removal: str = "auto"                     # drop for ViTs, mean for CNNs
-    n_draws: int = 10                         # distractor draws per masked input
+    preset: str = "auto"  # quick on the embedded default, paper elsewhere
+    removal: str = "auto"  # drop for ViTs, mean for CNNs
+    n_draws: int = 10  # distractor draws per masked input
     target: str = "pred"
-    cardinalities: Optional[int | str | Sequence[int]] = None   # None = metric presets; 'all' = every k; int = count
+    cardinalities: Optional[int | str | Sequence[int]] = (
+        None  # None = metric presets; 'all' = every k; int = count
+    )
     n_masks: Optional[int] = None
     split: str = "test"
     distractor_pool: int = 256
@@ -70,8 +73,10 @@ class RunConfig:
     _NOT_HASHED = ("out", "run_id", "cache_dir", "progress", "plugins", "chunk_size", "data_root")
 
 
-DEFAULT_MODELS = {EMBEDDED_DATASET: "xaibench_vit",
-                  "imagenette": "vit_small_patch16_224.augreg_in21k_ft_in1k"}   # ImageNet head, subset to 10
+DEFAULT_MODELS = {
+    EMBEDDED_DATASET: "xaibench_vit",
+    "imagenette": "vit_small_patch16_224.augreg_in21k_ft_in1k",
+}  # ImageNet head, subset to 10
 DEFAULT_N_IMAGES = {EMBEDDED_DATASET: 200}
 
 
@@ -120,10 +125,18 @@ class Run:
                 from .models import _unknown_model
 
                 raise _unknown_model(self.model_name)
-        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if config.device == "auto" else config.device)
-        self.preset = config.preset if config.preset != "auto" else (
-            "quick" if self.dataset == EMBEDDED_DATASET else "paper")
+        self.device = torch.device(
+            "cuda"
+            if config.device == "auto" and torch.cuda.is_available()
+            else "cpu"
+            if config.device == "auto"
+            else config.device
+        )
+        self.preset = (
+            config.preset
+            if config.preset != "auto"
+            else ("quick" if self.dataset == EMBEDDED_DATASET else "paper")
+        )
         self.n_images = config.n_images or DEFAULT_N_IMAGES.get(self.dataset)
 
     # ------------------------------------------------------------------ checks
@@ -138,7 +151,9 @@ class Run:
         if c.target not in TARGETS:
             raise UserError(f"unknown target '{c.target}'. Valid targets: {', '.join(TARGETS)}")
         if c.removal != "auto" and c.removal not in STRATEGIES:
-            raise UserError(f"unknown removal strategy '{c.removal}'. Valid strategies: auto, {', '.join(STRATEGIES)}")
+            raise UserError(
+                f"unknown removal strategy '{c.removal}'. Valid strategies: auto, {', '.join(STRATEGIES)}"
+            )
         if c.preset not in ("auto", "paper", "quick"):
             raise UserError(f"unknown preset '{c.preset}'. Valid presets: auto, paper, quick")
         if c.device not in ("auto", "cpu") and not c.device.startswith("cuda"):
@@ -172,35 +187,56 @@ class Run:
         self.data = load_dataset(self.dataset, c.split, **opts)
         n = min(self.n_images or len(self.data), len(self.data))
         self.indices = list(range(n))
-        self.adapter = load_model(self.model_name, dataset=self.dataset, device=self.device,
-                                  cache_dir=c.cache_dir, weights=c.weights, progress=c.progress, seed=c.seed,
-                                  data=self.data, data_root=c.data_root)
+        self.adapter = load_model(
+            self.model_name,
+            dataset=self.dataset,
+            device=self.device,
+            cache_dir=c.cache_dir,
+            weights=c.weights,
+            progress=c.progress,
+            seed=c.seed,
+            data=self.data,
+            data_root=c.data_root,
+        )
         from .datasets.folder import attach_preprocessing
 
-        attach_preprocessing(self.data, self.adapter)   # image files → the model's size, crop, masks alike
+        attach_preprocessing(self.data, self.adapter)  # image files → the model's size, crop, masks alike
         if c.chunk_size:
             self.adapter.chunk_size = c.chunk_size
         strategy = c.removal if c.removal != "auto" else ("drop" if self.adapter.is_vit else "mean")
         self.train_data = None
-        distractors = self._distractors() if (strategy == "distractor" or self._needs_train_images()) else None
-        self.removal = Removal(strategy, n_draws=c.n_draws, seed=c.seed,
-                               distractors=distractors if strategy == "distractor" else None)
+        distractors = (
+            self._distractors() if (strategy == "distractor" or self._needs_train_images()) else None
+        )
+        self.removal = Removal(
+            strategy,
+            n_draws=c.n_draws,
+            seed=c.seed,
+            distractors=distractors if strategy == "distractor" else None,
+        )
         self.distractors = distractors
 
     def _needs_train_images(self) -> bool:
         methods = [METHODS.get(m) for m in self.method_names]
         return any(m.requires.training or m.requires.distractors for m in methods) or any(
-            getattr(cls, "needs_distractors", False) for cls in self.metric_classes)
+            getattr(cls, "needs_distractors", False) for cls in self.metric_classes
+        )
 
     def _train_split(self):
         if self.train_data is None:
             from .datasets import load_dataset
-
             from .datasets.folder import attach_preprocessing
 
             self.train_data = attach_preprocessing(
-                load_dataset(self.dataset, "train", seed=self.cfg.seed, cache_dir=self.cfg.cache_dir,
-                             data_root=self.cfg.data_root), self.adapter)
+                load_dataset(
+                    self.dataset,
+                    "train",
+                    seed=self.cfg.seed,
+                    cache_dir=self.cfg.cache_dir,
+                    data_root=self.cfg.data_root,
+                ),
+                self.adapter,
+            )
         return self.train_data
 
     def _distractors(self) -> torch.Tensor:
@@ -218,8 +254,14 @@ class Run:
         if self.cfg.run_id:
             return self.cfg.run_id
         hashed = {k: v for k, v in asdict(self.cfg).items() if k not in RunConfig._NOT_HASHED}
-        hashed.update(methods=self.method_names, metrics=[c.name for c in self.metric_classes],
-                      device=self.device.type, preset=self.preset, n_images=self.n_images, model=self.model_name)
+        hashed.update(
+            methods=self.method_names,
+            metrics=[c.name for c in self.metric_classes],
+            device=self.device.type,
+            preset=self.preset,
+            n_images=self.n_images,
+            model=self.model_name,
+        )
         return f"{self.dataset}-{self.model_name}-{stable_hash(hashed, 8)}"
 
     # ------------------------------------------------------------------ batches
@@ -234,18 +276,20 @@ class Run:
 
         bs = self.cfg.batch_size
         for s in range(0, len(self.indices), bs):
-            samples = read_samples(self.data, self.indices[s: s + bs])   # unreadable files → data.skipped
+            samples = read_samples(self.data, self.indices[s : s + bs])  # unreadable files → data.skipped
             if not samples:
                 continue
             x = self.adapter.normalize(torch.stack([smp.image for smp in samples]))
             labels = torch.tensor([smp.label for smp in samples], device=self.device)
-            masks = (torch.stack([smp.mask for smp in samples]).to(self.device)
-                     if self.data.has_masks else None)
+            masks = (
+                torch.stack([smp.mask for smp in samples]).to(self.device) if self.data.has_masks else None
+            )
             with torch.no_grad():
                 probs = (adapter or self.adapter).probs(x).float()
             targets = probs.argmax(1) if self.cfg.target == "pred" else labels
-            yield Batch(x=x, labels=labels, targets=targets, ids=[smp.id for smp in samples], probs=probs,
-                        masks=masks)
+            yield Batch(
+                x=x, labels=labels, targets=targets, ids=[smp.id for smp in samples], probs=probs, masks=masks
+            )
 
     # ------------------------------------------------------------------ execution
     def execute(self) -> Path:
@@ -256,9 +300,14 @@ class Run:
         self.dir = Path(self.cfg.out) / self.run_id()
         (self.dir / "parts").mkdir(parents=True, exist_ok=True)
         metrics = [cls(preset=self.preset) for cls in self.metric_classes]
-        ctx = EvalContext(self.adapter, self.removal, seed=self.cfg.seed,
-                          cardinalities=self.cfg.cardinalities, n_masks=self.cfg.n_masks,
-                          distractors=self.distractors)
+        ctx = EvalContext(
+            self.adapter,
+            self.removal,
+            seed=self.cfg.seed,
+            cardinalities=self.cfg.cardinalities,
+            n_masks=self.cfg.n_masks,
+            distractors=self.distractors,
+        )
         fit_ctx = self.fit_context()
         methods = [METHODS.get(n)(preset=self.preset, seed=self.cfg.seed) for n in self.method_names]
         metric_status = {m.name: m.applies(self.adapter, self.data.has_masks) for m in metrics}
@@ -270,9 +319,11 @@ class Run:
         self._merge(methods, metrics, status)
         self._write_config(methods, metrics, metric_status, status, seconds=time.time() - t0)
         if self.data.skipped:  # shown even with --quiet: these images are missing from every score
-            print(f"warning: {len(self.data.skipped)} unreadable image(s) skipped (listed in config.json "
-                  f"dataset.skipped_files): " + "; ".join(f"{p} ({r})" for p, r in self.data.skipped[:5]),
-                  file=sys.stderr)
+            print(
+                f"warning: {len(self.data.skipped)} unreadable image(s) skipped (listed in config.json "
+                f"dataset.skipped_files): " + "; ".join(f"{p} ({r})" for p, r in self.data.skipped[:5]),
+                file=sys.stderr,
+            )
         from .exports import write_leaderboards  # leaderboard.{md,tex,csv,json}, from the files just written
 
         self.leaderboard_markdown = write_leaderboards(self.dir)
@@ -282,10 +333,14 @@ class Run:
         """What learned methods' ``fit`` gets (the cache under ``<cache>/explainers``, seed, preset, key)."""
         from xaibench.methods import FitContext
 
-        return FitContext(cache_dir=str(cache_dir(self.cfg.cache_dir) / "explainers"),
-                          seed=self.cfg.seed, preset=self.preset, distractors=self.distractors,
-                          key={"dataset": self.dataset, "model": getattr(self.adapter, "meta", {})},
-                          progress=self.cfg.progress)
+        return FitContext(
+            cache_dir=str(cache_dir(self.cfg.cache_dir) / "explainers"),
+            seed=self.cfg.seed,
+            preset=self.preset,
+            distractors=self.distractors,
+            key={"dataset": self.dataset, "model": getattr(self.adapter, "meta", {})},
+            progress=self.cfg.progress,
+        )
 
     def train(self) -> Dict[str, dict]:
         """``xaibench train``: fit (or load from the cache) every selected method that needs training,
@@ -310,8 +365,13 @@ class Run:
 
     def _run_method(self, method, metrics, ctx, fit_ctx) -> dict:
         part = self._part_dir(method)
-        settings_key = stable_hash({"method": method.settings(), "metrics": [m.settings() for m in metrics],
-                                    "code": _code_fingerprint([type(method)] + [type(m) for m in metrics])})
+        settings_key = stable_hash(
+            {
+                "method": method.settings(),
+                "metrics": [m.settings() for m in metrics],
+                "code": _code_fingerprint([type(method)] + [type(m) for m in metrics]),
+            }
+        )
         done = part / "done.json"
         if done.exists():
             info = read_json(done)
@@ -331,9 +391,14 @@ class Run:
         except (KeyboardInterrupt, UserError):
             raise
         except Exception as exc:  # one broken method must not lose the others' results
-            self._log(f"{method.name}: FAILED ({type(exc).__name__}: {exc}); continuing with the other methods")
-            return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc()}
+            self._log(
+                f"{method.name}: FAILED ({type(exc).__name__}: {exc}); continuing with the other methods"
+            )
+            return {
+                "status": "failed",
+                "reason": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
         finally:
             for p, flag in zip(self.adapter.model.parameters(), trainable):
                 p.requires_grad_(flag)
@@ -363,13 +428,20 @@ class Run:
         level = None
         t_attr = t_metric = 0.0
         n_batches = -(-len(self.indices) // self.cfg.batch_size)
-        bar = tqdm(self.batches(scored_adapter), total=n_batches, desc=method.name, disable=not self.cfg.progress,
-                   leave=False, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            self.batches(scored_adapter),
+            total=n_batches,
+            desc=method.name,
+            disable=not self.cfg.progress,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         for batch in bar:
             t = time.time()
             attribution = self._attribute(method, batch, batch.targets)
             t_attr += time.time() - t
-            if hasattr(method, "observe"):   # methods that report on the scored images (Salvage, COMET)
+            if hasattr(method, "observe"):  # methods that report on the scored images (Salvage, COMET)
                 method.observe(self.adapter, batch)
             level = attribution.level
             maps.append(attribution.maps.cpu())
@@ -402,19 +474,30 @@ class Run:
         bar.close()
         self.adapter.zero_grad()
         scores = pd.DataFrame(rows, columns=["image_id", "target", "metric", "value"])
-        curves = pd.DataFrame([{"metric": k[0], "x": k[1], "value": curve_sum[k] / max(1, curve_n[k]),
-                                "n": curve_n[k]} for k in curve_sum], columns=["metric", "x", "value", "n"])
+        curves = pd.DataFrame(
+            [
+                {"metric": k[0], "x": k[1], "value": curve_sum[k] / max(1, curve_n[k]), "n": curve_n[k]}
+                for k in curve_sum
+            ],
+            columns=["metric", "x", "value", "n"],
+        )
         write_csv(part / "scores.csv", scores)
         write_csv(part / "curves.csv", curves)
         save_torch(part / "states.pt", {k: torch.cat(v) for k, v in states.items()})
-        save_torch(part / "attributions.pt", {"ids": ids,
-                                              "level": level, "maps": torch.cat(maps)})
+        save_torch(part / "attributions.pt", {"ids": ids, "level": level, "maps": torch.cat(maps)})
         n = len(self.indices)
-        info = {"status": "done", "settings_key": settings_key, "settings": method.settings(),
-                "label": method.display_name(), "explains_own_model": method.explains_own_model,
-                "fit_seconds": round(fit_seconds, 3), "attribute_seconds": round(t_attr, 3),
-                "metric_seconds": round(t_metric, 3), "maps_per_second": round(n / max(t_attr, 1e-9), 2),
-                "n_images": n}
+        info = {
+            "status": "done",
+            "settings_key": settings_key,
+            "settings": method.settings(),
+            "label": method.display_name(),
+            "explains_own_model": method.explains_own_model,
+            "fit_seconds": round(fit_seconds, 3),
+            "attribute_seconds": round(t_attr, 3),
+            "metric_seconds": round(t_metric, 3),
+            "maps_per_second": round(n / max(t_attr, 1e-9), 2),
+            "n_images": n,
+        }
         info.update(getattr(method, "report", lambda: {})())
         write_json(part / "done.json", info)
         self._log(f"{method.name}: {n} images, attribution {t_attr:.1f}s, metrics {t_metric:.1f}s")
@@ -424,8 +507,10 @@ class Run:
         attribution = method.attribute(self.adapter, batch.x, targets, ids=batch.ids, masks=batch.masks)
         expected = {"patch": self.adapter.grid, "pixel": self.adapter.input_size}[attribution.level]
         if len(attribution) != len(batch) or tuple(attribution.maps.shape[1:]) != tuple(expected):
-            raise ValueError(f"method '{method.name}' returned maps of shape {tuple(attribution.maps.shape)} at "
-                             f"level {attribution.level}; expected ({len(batch)}, {expected[0]}, {expected[1]})")
+            raise ValueError(
+                f"method '{method.name}' returned maps of shape {tuple(attribution.maps.shape)} at "
+                f"level {attribution.level}; expected ({len(batch)}, {expected[0]}, {expected[1]})"
+            )
         return attribution
 
     # ------------------------------------------------------------------ outputs
@@ -444,42 +529,89 @@ class Run:
             frames.append(s)
             curve_frames.append(c)
             all_states[method.name] = load_torch(part / "states.pt")
-        scores = pd.concat(frames, ignore_index=True)[SCORE_COLUMNS] if frames else pd.DataFrame(columns=SCORE_COLUMNS)
-        curves = (pd.concat(curve_frames, ignore_index=True)[CURVE_COLUMNS] if curve_frames
-                  else pd.DataFrame(columns=CURVE_COLUMNS))
+        scores = (
+            pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
+            if frames
+            else pd.DataFrame(columns=SCORE_COLUMNS)
+        )
+        curves = (
+            pd.concat(curve_frames, ignore_index=True)[CURVE_COLUMNS]
+            if curve_frames
+            else pd.DataFrame(columns=CURVE_COLUMNS)
+        )
         write_csv(self.dir / "scores.csv", scores)
         write_csv(self.dir / "curves.csv", curves)
         save_torch(self.dir / "states.pt", all_states)
 
     def _write_config(self, methods, metrics, metric_status, status, seconds: Optional[float] = None) -> None:
         cfg = {k: v for k, v in asdict(self.cfg).items()}
-        write_json(self.dir / "config.json", {
-            "run_id": self.dir.name,
-            "command": " ".join(sys.argv) if Path(sys.argv[0]).name in ("xaibench", "__main__.py") else None,
-            "config": cfg,
-            "resolved": {"dataset": self.dataset, "model": self.model_name, "device": str(self.device),
-                         "preset": self.preset, "n_images": len(self.indices), "split": self.cfg.split,
-                         "target": self.cfg.target, "removal": self.removal.settings(),
-                         "cardinalities": ("each metric's preset (see metrics.<name>.settings)"
-                                           if self.cfg.cardinalities is None else self.cfg.cardinalities
-                                           if isinstance(self.cfg.cardinalities, (int, str))
-                                           else list(self.cfg.cardinalities)),
-                         "n_masks": (self.cfg.n_masks if self.cfg.n_masks is not None
-                                     else "each metric's preset (see metrics.<name>.settings)"), "seed": self.cfg.seed,
-                         "chunk_size": self.adapter.chunk_size},
-            "model": {**self.adapter.describe(), **getattr(self.adapter, "meta", {})},
-            "dataset": {"name": self.dataset, "split": self.cfg.split, "has_masks": self.data.has_masks,
-                        "classes": list(self.data.classes), "skipped_files": list(self.data.skipped),
-                        "options": getattr(self.data, "options", {})},
-            "methods": {m.name: {"label": m.display_name(), "requires": m.requires.as_dict(),
-                                 "settings": m.settings(), **{k: v for k, v in status.get(m.name, {}).items()
-                                                              if k not in ("settings", "traceback")}}
-                        for m in methods},
-            "metrics": {m.name: {"provides": list(m.provides), "directions": m.directions, "settings": m.settings(),
-                                 "skipped": metric_status[m.name]} for m in metrics},
-            "versions": versions(),
-            "seconds": None if seconds is None else round(seconds, 1),
-        })
+        write_json(
+            self.dir / "config.json",
+            {
+                "run_id": self.dir.name,
+                "command": " ".join(sys.argv)
+                if Path(sys.argv[0]).name in ("xaibench", "__main__.py")
+                else None,
+                "config": cfg,
+                "resolved": {
+                    "dataset": self.dataset,
+                    "model": self.model_name,
+                    "device": str(self.device),
+                    "preset": self.preset,
+                    "n_images": len(self.indices),
+                    "split": self.cfg.split,
+                    "target": self.cfg.target,
+                    "removal": self.removal.settings(),
+                    "cardinalities": (
+                        "each metric's preset (see metrics.<name>.settings)"
+                        if self.cfg.cardinalities is None
+                        else self.cfg.cardinalities
+                        if isinstance(self.cfg.cardinalities, (int, str))
+                        else list(self.cfg.cardinalities)
+                    ),
+                    "n_masks": (
+                        self.cfg.n_masks
+                        if self.cfg.n_masks is not None
+                        else "each metric's preset (see metrics.<name>.settings)"
+                    ),
+                    "seed": self.cfg.seed,
+                    "chunk_size": self.adapter.chunk_size,
+                },
+                "model": {**self.adapter.describe(), **getattr(self.adapter, "meta", {})},
+                "dataset": {
+                    "name": self.dataset,
+                    "split": self.cfg.split,
+                    "has_masks": self.data.has_masks,
+                    "classes": list(self.data.classes),
+                    "skipped_files": list(self.data.skipped),
+                    "options": getattr(self.data, "options", {}),
+                },
+                "methods": {
+                    m.name: {
+                        "label": m.display_name(),
+                        "requires": m.requires.as_dict(),
+                        "settings": m.settings(),
+                        **{
+                            k: v
+                            for k, v in status.get(m.name, {}).items()
+                            if k not in ("settings", "traceback")
+                        },
+                    }
+                    for m in methods
+                },
+                "metrics": {
+                    m.name: {
+                        "provides": list(m.provides),
+                        "directions": m.directions,
+                        "settings": m.settings(),
+                        "skipped": metric_status[m.name],
+                    }
+                    for m in metrics
+                },
+                "versions": versions(),
+                "seconds": None if seconds is None else round(seconds, 1),
+            },
+        )
 
     def _log(self, text: str) -> None:
         if self.cfg.progress:

@@ -20,6 +20,7 @@ Choices documented here (the papers give no rule): the reference rows (``random`
 the tests, so that the Oracle's RMA = 100 does not take the bold of every mask metric;
 dataset-level metrics and MI / MI(IG) have no per-image pairs and are ranked but not tested.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -44,12 +45,43 @@ MI_METRIC = "mi"
 MI_RATIO = "mi_ig"
 MI_RATIO_LABEL = "MI/MI(IG)"
 #: column order in tables: the papers' headline metrics first, anything else after, as found
-PREFERRED_METRIC_ORDER = ("srg", "r_srg", "mif", "lif", "r_mif", "r_lif", "rma", "rra", "pxap", "mi", MI_RATIO,
-                          "completeness", "soundness")
+PREFERRED_METRIC_ORDER = (
+    "srg",
+    "r_srg",
+    "mif",
+    "lif",
+    "r_mif",
+    "r_lif",
+    "rma",
+    "rra",
+    "pxap",
+    "mi",
+    MI_RATIO,
+    "completeness",
+    "soundness",
+)
 
-LEADERBOARD_COLUMNS = ["run_id", "dataset", "model", "method", "method_label", "metric", "metric_label",
-                       "direction", "mean", "ci_low", "ci_high", "n", "n_nan", "kind", "reference",
-                       "explains_own_model", "rank", "p_holm", "tied_with_best"]
+LEADERBOARD_COLUMNS = [
+    "run_id",
+    "dataset",
+    "model",
+    "method",
+    "method_label",
+    "metric",
+    "metric_label",
+    "direction",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n",
+    "n_nan",
+    "kind",
+    "reference",
+    "explains_own_model",
+    "rank",
+    "p_holm",
+    "tied_with_best",
+]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -74,8 +106,13 @@ def bootstrap_mean_ci(values, g: torch.Generator, n_boot: int = N_BOOT, level: f
     return _quantiles(means, level)
 
 
-def bootstrap_statistic_ci(n: int, statistic: Callable[[torch.Tensor], float], g: torch.Generator,
-                           n_boot: int = N_BOOT, level: float = LEVEL):
+def bootstrap_statistic_ci(
+    n: int,
+    statistic: Callable[[torch.Tensor], float],
+    g: torch.Generator,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+):
     """Percentile-bootstrap CI of ``statistic(image_indices)`` (any dataset-level value)."""
     if n < 2:
         return float("nan"), float("nan")
@@ -131,11 +168,15 @@ class RunResults:
 
     @property
     def dataset(self) -> str:
-        return self.config.get("resolved", {}).get("dataset") or self.config.get("config", {}).get("dataset", "")
+        return self.config.get("resolved", {}).get("dataset") or self.config.get("config", {}).get(
+            "dataset", ""
+        )
 
     @property
     def model(self) -> str:
-        return self.config.get("resolved", {}).get("model") or self.config.get("config", {}).get("model") or ""
+        return (
+            self.config.get("resolved", {}).get("model") or self.config.get("config", {}).get("model") or ""
+        )
 
     @property
     def seed(self) -> int:
@@ -159,11 +200,16 @@ def load_run(run_dir: str | Path) -> RunResults:
     d = Path(run_dir)
     missing = [f for f in ("config.json", "scores.csv") if not (d / f).exists()]
     if missing:
-        raise UserError(f"'{run_dir}' is not a finished run directory (no {' or '.join(missing)}); "
-                        f"pass the folder that `xaibench run` printed after 'results:'")
+        raise UserError(
+            f"'{run_dir}' is not a finished run directory (no {' or '.join(missing)}); "
+            f"pass the folder that `xaibench run` printed after 'results:'"
+        )
     scores = pd.read_csv(d / "scores.csv", dtype={"image_id": str})
-    curves = pd.read_csv(d / "curves.csv") if (d / "curves.csv").exists() else pd.DataFrame(
-        columns=["dataset", "model", "method", "metric", "x", "value", "n"])
+    curves = (
+        pd.read_csv(d / "curves.csv")
+        if (d / "curves.csv").exists()
+        else pd.DataFrame(columns=["dataset", "model", "method", "metric", "x", "value", "n"])
+    )
     states = load_torch(d / "states.pt") if (d / "states.pt").exists() else {}
     return RunResults(d, read_json(d / "config.json"), scores, curves, states)
 
@@ -189,8 +235,11 @@ def _aggregators(run: RunResults) -> Dict[str, object]:
 
 
 def metric_sort_key(name: str):
-    return (PREFERRED_METRIC_ORDER.index(name), "") if name in PREFERRED_METRIC_ORDER else (
-        len(PREFERRED_METRIC_ORDER), name)
+    return (
+        (PREFERRED_METRIC_ORDER.index(name), "")
+        if name in PREFERRED_METRIC_ORDER
+        else (len(PREFERRED_METRIC_ORDER), name)
+    )
 
 
 def _label(metric: str) -> str:
@@ -202,7 +251,9 @@ def _label(metric: str) -> str:
 
 
 # --------------------------------------------------------------------------- the table
-def build_leaderboard(run: RunResults | str | Path, *, n_boot: int = N_BOOT, alpha: float = ALPHA) -> pd.DataFrame:
+def build_leaderboard(
+    run: RunResults | str | Path, *, n_boot: int = N_BOOT, alpha: float = ALPHA
+) -> pd.DataFrame:
     """One row per method × score of one run (see the module docstring for every column)."""
     if not isinstance(run, RunResults):
         run = load_run(run)
@@ -212,24 +263,46 @@ def build_leaderboard(run: RunResults | str | Path, *, n_boot: int = N_BOOT, alp
 
     def row(method, metric, mean, lo, hi, n, n_nan, kind):
         info = run.method_info(method)
-        return {"run_id": run.run_id, "dataset": run.dataset, "model": run.model, "method": method,
-                "method_label": run.method_label(method), "metric": metric, "metric_label": _label(metric),
-                "direction": directions.get(metric, "up" if metric == MI_RATIO else ""), "mean": mean,
-                "ci_low": lo, "ci_high": hi, "n": int(n), "n_nan": int(n_nan), "kind": kind,
-                "reference": method in REFERENCE_METHODS,
-                "explains_own_model": bool(info.get("explains_own_model", False))}
+        return {
+            "run_id": run.run_id,
+            "dataset": run.dataset,
+            "model": run.model,
+            "method": method,
+            "method_label": run.method_label(method),
+            "metric": metric,
+            "metric_label": _label(metric),
+            "direction": directions.get(metric, "up" if metric == MI_RATIO else ""),
+            "mean": mean,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": int(n),
+            "n_nan": int(n_nan),
+            "kind": kind,
+            "reference": method in REFERENCE_METHODS,
+            "explains_own_model": bool(info.get("explains_own_model", False)),
+        }
 
     per_image: Dict[tuple, pd.Series] = {}
     scores = run.scores
     if len(scores):
         for (method, metric), g in scores.groupby(["method", "metric"], sort=False):
-            s = g.groupby("image_id", sort=False)["value"].mean()   # one value per image
+            s = g.groupby("image_id", sort=False)["value"].mean()  # one value per image
             per_image[(method, metric)] = s
             v = s.to_numpy(dtype=float)
             finite = np.isfinite(v)
             lo, hi = bootstrap_mean_ci(v, generator(seed, "bootstrap", method, metric), n_boot)
-            rows.append(row(method, metric, float(v[finite].mean()) if finite.any() else float("nan"), lo, hi,
-                            finite.sum(), (~finite).sum(), "per_image"))
+            rows.append(
+                row(
+                    method,
+                    metric,
+                    float(v[finite].mean()) if finite.any() else float("nan"),
+                    lo,
+                    hi,
+                    finite.sum(),
+                    (~finite).sum(),
+                    "per_image",
+                )
+            )
 
     aggregators = _aggregators(run)
     for method, per_metric in run.states.items():
@@ -239,8 +312,12 @@ def build_leaderboard(run: RunResults | str | Path, *, n_boot: int = N_BOOT, alp
                 continue
             st = st.double() if st.is_floating_point() else st
             value = float(agg.aggregate(name, st))
-            lo, hi = bootstrap_statistic_ci(len(st), lambda idx, a=agg, n=name, s=st: float(a.aggregate(n, s[idx])),
-                                            generator(seed, "bootstrap", method, name), n_boot)
+            lo, hi = bootstrap_statistic_ci(
+                len(st),
+                lambda idx, a=agg, n=name, s=st: float(a.aggregate(n, s[idx])),
+                generator(seed, "bootstrap", method, name),
+                n_boot,
+            )
             rows.append(row(method, name, value, lo, hi, len(st), 0, "dataset"))
 
     ig = per_image.get((IG_METHOD, MI_METRIC))
@@ -251,16 +328,23 @@ def build_leaderboard(run: RunResults | str | Path, *, n_boot: int = N_BOOT, alp
             both = pd.concat([s, ig], axis=1, join="inner").to_numpy(dtype=float)
             both = both[np.isfinite(both).all(1)]
             t = torch.tensor(both)
-            ratio = (lambda idx: float(t[idx, 0].mean() / t[idx, 1].mean()))
+
+            def ratio(idx, t=t):
+                return float(t[idx, 0].mean() / t[idx, 1].mean())
+
             value = ratio(torch.arange(len(t))) if len(t) else float("nan")
-            lo, hi = bootstrap_statistic_ci(len(t), ratio, generator(seed, "bootstrap", method, MI_RATIO), n_boot)
+            lo, hi = bootstrap_statistic_ci(
+                len(t), ratio, generator(seed, "bootstrap", method, MI_RATIO), n_boot
+            )
             rows.append(row(method, MI_RATIO, value, lo, hi, len(t), len(s) - len(t), "ratio"))
 
     table = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS[:-3])
     return rank_and_test(table, per_image, alpha)
 
 
-def rank_and_test(table: pd.DataFrame, per_image: Dict[tuple, pd.Series], alpha: float = ALPHA) -> pd.DataFrame:
+def rank_and_test(
+    table: pd.DataFrame, per_image: Dict[tuple, pd.Series], alpha: float = ALPHA
+) -> pd.DataFrame:
     """Add ``rank`` (1 = best, ties share; reference rows NaN), ``p_holm`` (Holm-adjusted
     Wilcoxon p-value against the best; NaN for the best, references and untested columns)
     and ``tied_with_best`` (p_holm ≥ alpha)."""
@@ -273,7 +357,7 @@ def rank_and_test(table: pd.DataFrame, per_image: Dict[tuple, pd.Series], alpha:
         if cand.empty:
             continue
         direction = g["direction"].iloc[0]
-        if direction not in ("up", "down"):      # informative scores without a better side are not ranked
+        if direction not in ("up", "down"):  # informative scores without a better side are not ranked
             continue
         sign = -1.0 if direction == "down" else 1.0
         key = sign * cand["mean"].astype(float)
@@ -297,8 +381,9 @@ def rank_and_test(table: pd.DataFrame, per_image: Dict[tuple, pd.Series], alpha:
     return table[LEADERBOARD_COLUMNS]
 
 
-def select(table: pd.DataFrame, *, metrics: Optional[Sequence[str]] = None,
-           methods: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def select(
+    table: pd.DataFrame, *, metrics: Optional[Sequence[str]] = None, methods: Optional[Sequence[str]] = None
+) -> pd.DataFrame:
     """Rows whose metric / method match any of the names or shell wildcards given."""
     for column, wanted in (("metric", metrics), ("method", methods)):
         if not wanted:
@@ -308,7 +393,9 @@ def select(table: pd.DataFrame, *, metrics: Optional[Sequence[str]] = None,
         for pattern in wanted:
             hits = fnmatch.filter(available, pattern.lower())
             if not hits:
-                raise UserError(f"no {column} '{pattern}' in the run(s). Available: {', '.join(available) or '(none)'}")
+                raise UserError(
+                    f"no {column} '{pattern}' in the run(s). Available: {', '.join(available) or '(none)'}"
+                )
             keep.update(hits)
         table = table[table[column].isin(keep)]
     return table
@@ -318,15 +405,23 @@ def ordered(names: Sequence[str], table: pd.DataFrame) -> List[str]:
     """Methods for rows: real methods by label, then the reference rows (as in the papers)."""
     ref = dict(zip(table["method"], table["reference"]))
     labels = dict(zip(table["method"], table["method_label"]))
-    return sorted(dict.fromkeys(names), key=lambda m: (bool(ref.get(m)), REFERENCE_METHODS.index(m)
-                                                       if m in REFERENCE_METHODS else 0, labels.get(m, m).lower()))
+    return sorted(
+        dict.fromkeys(names),
+        key=lambda m: (
+            bool(ref.get(m)),
+            REFERENCE_METHODS.index(m) if m in REFERENCE_METHODS else 0,
+            labels.get(m, m).lower(),
+        ),
+    )
 
 
 def merge_runs(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate the tables of several runs and add ``group`` (the column-group title): the
     dataset name, with the model when a dataset appears with several models, and the run id
     when the same dataset × model appears twice."""
-    table = pd.concat(list(tables), ignore_index=True) if tables else pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+    table = (
+        pd.concat(list(tables), ignore_index=True) if tables else pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+    )
     runs = table[["run_id", "dataset", "model"]].drop_duplicates()
     by_ds = runs.groupby("dataset")["model"].nunique()
     pair_count = runs.groupby(["dataset", "model"]).size()
@@ -347,6 +442,8 @@ def leaderboard(run_dirs: Sequence[str | Path], *, metrics=None, methods=None) -
     runs = [load_run(d) for d in run_dirs]
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
-        raise UserError(f"the same run was given twice: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))}")
+        raise UserError(
+            f"the same run was given twice: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))}"
+        )
     table = merge_runs([build_leaderboard(r) for r in runs])
     return select(table, metrics=metrics, methods=methods), runs

@@ -6,6 +6,7 @@ behaves sensibly on masked inputs) and cached under ``<cache>/models/<name>-<has
 the hash covers everything that determines the weights (recipe, dataset, seed). Any other
 name is looked up in timm (see :func:`load_model`).
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,7 +35,7 @@ register_model = MODELS.register
 class ClassifierRecipe:
     """A trainable classifier: architecture arguments and training hyper-parameters."""
 
-    arch: str                                   # "vit" or "resnet"
+    arch: str  # "vit" or "resnet"
     arch_args: Dict[str, Any]
     dataset: str = "synthetic"
     dataset_options: Dict[str, Any] = field(default_factory=dict)
@@ -43,10 +44,10 @@ class ClassifierRecipe:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
-    removal_fraction: float = 0.5               # share of each batch trained with random patch removal
+    removal_fraction: float = 0.5  # share of each batch trained with random patch removal
     flip: bool = True
     seed: int = 0
-    version: int = 2                            # bump when the training code changes what it produces
+    version: int = 2  # bump when the training code changes what it produces
 
     def build(self, num_classes: int) -> nn.Module:
         if self.arch == "vit":
@@ -66,19 +67,37 @@ class ClassifierRecipe:
 @register_model("xaibench_vit")
 def xaibench_vit() -> ClassifierRecipe:
     """Tiny ViT with registers for ``synthetic``: 64×64, patch 8 (64 patches), CLS + 4 registers."""
-    return ClassifierRecipe("vit", dict(patch_size=8, embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0,
-                                        reg_tokens=4, no_embed_class=True, global_pool="token"),
-                            epochs=20, lr=2e-3)
+    return ClassifierRecipe(
+        "vit",
+        dict(
+            patch_size=8,
+            embed_dim=128,
+            depth=4,
+            num_heads=4,
+            mlp_ratio=2.0,
+            reg_tokens=4,
+            no_embed_class=True,
+            global_pool="token",
+        ),
+        epochs=20,
+        lr=2e-3,
+    )
 
 
 @register_model("xaibench_resnet")
 def xaibench_resnet() -> ClassifierRecipe:
     """Small ResNet (one BasicBlock per stage, 32–256 channels) for CNN-only methods on ``synthetic``."""
-    return ClassifierRecipe("resnet", dict(layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32),
-                            epochs=16, lr=3e-3, weight_decay=1e-4)
+    return ClassifierRecipe(
+        "resnet",
+        dict(layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32),
+        epochs=16,
+        lr=3e-3,
+        weight_decay=1e-4,
+    )
 
 
 # --------------------------------------------------------------------------- training
+
 
 def _channel_stats(images_u8: torch.Tensor) -> Tuple[list, list]:
     x = images_u8.float() / 255.0
@@ -92,8 +111,16 @@ def _random_keep(n: int, num_patches: int, g: torch.Generator) -> torch.Tensor:
     return torch.zeros(n, num_patches, dtype=torch.bool).scatter_(1, idx, True)
 
 
-def removal_augmented_step(adapter: ModelAdapter, x: torch.Tensor, y: torch.Tensor, removal: Removal,
-                           removal_fraction: float, g: torch.Generator, opt, sched) -> Tuple[float, torch.Tensor]:
+def removal_augmented_step(
+    adapter: ModelAdapter,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    removal: Removal,
+    removal_fraction: float,
+    g: torch.Generator,
+    opt,
+    sched,
+) -> Tuple[float, torch.Tensor]:
     """One optimiser step of cross-entropy where the first ``removal_fraction`` of the batch has a
     random patch subset removed (one size k ~ U(1, P) per step). Returns the loss and the logits."""
     n_mask = int(round(removal_fraction * len(x)))
@@ -134,8 +161,9 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
     removal = recipe.removal()
     steps = len(train) // recipe.batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps,
-                                                pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps, pct_start=0.15
+    )
 
     def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
         total, seen, hits = 0.0, 0, 0
@@ -145,7 +173,9 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
             if recipe.flip:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 x = torch.where(flip.to(device)[:, None, None, None], x.flip(3), x)
-            loss, logits = removal_augmented_step(adapter, x, y, removal, recipe.removal_fraction, g, opt, sched)
+            loss, logits = removal_augmented_step(
+                adapter, x, y, removal, recipe.removal_fraction, g, opt, sched
+            )
             n_mask = int(round(recipe.removal_fraction * len(idx)))
             total += loss * len(idx)
             seen += len(idx)
@@ -153,35 +183,68 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
             bar.step(loss)
         model.eval()
         val_acc = evaluate_accuracy(adapter, val)
-        return {"loss": total / seen, "train_acc_clean": hits / max(1, seen - n_mask * steps),
-                "val_acc": val_acc, "lr": sched.get_last_lr()[0]}
+        return {
+            "loss": total / seen,
+            "train_acc_clean": hits / max(1, seen - n_mask * steps),
+            "val_acc": val_acc,
+            "lr": sched.get_last_lr()[0],
+        }
 
     start = time.time()
-    train_epochs(directory, {"model": model}, opt, recipe.epochs, run_epoch, steps, seed=recipe.seed,
-                 scheduler=sched, scheduler_per_epoch=False, desc=f"training {recipe.arch} classifier",
-                 progress=progress)
+    train_epochs(
+        directory,
+        {"model": model},
+        opt,
+        recipe.epochs,
+        run_epoch,
+        steps,
+        seed=recipe.seed,
+        scheduler=sched,
+        scheduler_per_epoch=False,
+        desc=f"training {recipe.arch} classifier",
+        progress=progress,
+    )
     test_acc = evaluate_accuracy(adapter, test)
-    meta = {"recipe": asdict(recipe), "mean": mean, "std": std, "num_classes": train.num_classes,
-            "classes": list(train.classes), "test_accuracy": test_acc, "val_accuracy": evaluate_accuracy(adapter, val),
-            "train_seconds": round(time.time() - start, 1)}
+    meta = {
+        "recipe": asdict(recipe),
+        "mean": mean,
+        "std": std,
+        "num_classes": train.num_classes,
+        "classes": list(train.classes),
+        "test_accuracy": test_acc,
+        "val_accuracy": evaluate_accuracy(adapter, val),
+        "train_seconds": round(time.time() - start, 1),
+    }
     save_torch(directory / "model.pt", model.state_dict())
     write_json(directory / "meta.json", meta)
     (directory / "checkpoint.pt").unlink(missing_ok=True)
     if progress:
-        print(f"trained {recipe.arch} classifier: test accuracy {test_acc:.2%} → {directory}", file=sys.stderr)
+        print(
+            f"trained {recipe.arch} classifier: test accuracy {test_acc:.2%} → {directory}", file=sys.stderr
+        )
     return meta
 
 
 # --------------------------------------------------------------------------- loading
 
+
 def recipe_key(name: str, recipe: ClassifierRecipe) -> str:
     return f"{name}-{stable_hash(asdict(recipe))}"
 
 
-def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.device = "cpu",
-               cache_dir: Optional[str] = None, weights: Optional[str] = None, progress: bool = True,
-               dataset_options: Optional[dict] = None, seed: int = 0, data=None,
-               data_root: Optional[str] = None) -> ModelAdapter:
+def load_model(
+    name: str,
+    *,
+    dataset: str = "synthetic",
+    device: str | torch.device = "cpu",
+    cache_dir: Optional[str] = None,
+    weights: Optional[str] = None,
+    progress: bool = True,
+    dataset_options: Optional[dict] = None,
+    seed: int = 0,
+    data=None,
+    data_root: Optional[str] = None,
+) -> ModelAdapter:
     """A :class:`ModelAdapter` for a registered recipe (trained and cached on first use), or for
     any other timm model name (pretrained, ``--weights``, or fine-tuned: see :mod:`xaibench.pretrained`;
     ``data`` is the split it will see, loaded here from ``dataset`` when not given)."""
@@ -194,14 +257,29 @@ def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.dev
         if data is None:
             from .datasets import load_dataset
 
-            data = load_dataset(dataset, "test", seed=seed, cache_dir=cache_dir, data_root=data_root,
-                                **(dataset_options or {}))
-        return load_timm_model(name, data=data, dataset=dataset, device=device, weights=weights,
-                               cache_dir=cache_dir, progress=progress)
+            data = load_dataset(
+                dataset,
+                "test",
+                seed=seed,
+                cache_dir=cache_dir,
+                data_root=data_root,
+                **(dataset_options or {}),
+            )
+        return load_timm_model(
+            name,
+            data=data,
+            dataset=dataset,
+            device=device,
+            weights=weights,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
     recipe: ClassifierRecipe = MODELS.get(name)()
     if recipe.dataset != dataset:
-        raise UserError(f"model '{name}' is trained for dataset '{recipe.dataset}', not '{dataset}': "
-                        f"pass --weights with a checkpoint for '{dataset}', or choose another model")
+        raise UserError(
+            f"model '{name}' is trained for dataset '{recipe.dataset}', not '{dataset}': "
+            f"pass --weights with a checkpoint for '{dataset}', or choose another model"
+        )
     opts = {k: v for k, v in (dataset_options or {}).items() if k in ("n_train", "n_val", "image_size")}
     if opts or seed:
         from dataclasses import replace
@@ -212,16 +290,29 @@ def load_model(name: str, *, dataset: str = "synthetic", device: str | torch.dev
         with cache_lock(directory, f"model '{name}'"):
             if not (directory / "model.pt").exists():
                 if progress:
-                    print(f"model '{name}' is not in the cache: training it once ({directory})", file=sys.stderr)
+                    print(
+                        f"model '{name}' is not in the cache: training it once ({directory})", file=sys.stderr
+                    )
                 train_classifier(recipe, directory, device, progress)
     meta = read_json(directory / "meta.json")
     model = recipe.build(meta["num_classes"])
     model.load_state_dict(load_torch(weights or directory / "model.pt"))
-    adapter = ModelAdapter(model, mean=meta["mean"], std=meta["std"], input_size=recipe.input_size,
-                           device=device, name=name, class_names=meta["classes"])
-    adapter.meta = {"source": "xaibench recipe", "cache_key": directory.name,
-                    "weights_sha256": weights_fingerprint(model),
-                    "test_accuracy": meta["test_accuracy"], "train_seconds": meta.get("train_seconds")}
+    adapter = ModelAdapter(
+        model,
+        mean=meta["mean"],
+        std=meta["std"],
+        input_size=recipe.input_size,
+        device=device,
+        name=name,
+        class_names=meta["classes"],
+    )
+    adapter.meta = {
+        "source": "xaibench recipe",
+        "cache_key": directory.name,
+        "weights_sha256": weights_fingerprint(model),
+        "test_accuracy": meta["test_accuracy"],
+        "train_seconds": meta.get("train_seconds"),
+    }
     return adapter
 
 

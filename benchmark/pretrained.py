@@ -21,6 +21,7 @@ Preprocessing follows the model's timm data config (mean/std, input size, ``crop
 interpolation, crop mode): :class:`~xaibench.datasets.folder.Preprocessing` on the adapter's
 ``preprocessing`` attribute, applied alike to images and masks (masks nearest).
 """
+
 from __future__ import annotations
 
 import re
@@ -51,6 +52,7 @@ def is_timm_model(name: str) -> bool:
 
 # ------------------------------------------------------------------------------- checkpoints
 
+
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     """Tensors of a local checkpoint (``.safetensors`` or a weights-only ``torch.save`` file)."""
     path = Path(path).expanduser()
@@ -67,15 +69,20 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
         try:
             state = load_torch(path)
         except Exception as exc:
-            raise UserError(f"--weights {path}: cannot be loaded with weights_only=True ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); save a plain state dict "
-                            f"(torch.save(model.state_dict(), PATH)) or a .safetensors file") from exc
-    # unwrap {"state_dict": {...}}, {"model": {...}}, and our own training checkpoints {"modules": {"model": ...}}
+            raise UserError(
+                f"--weights {path}: cannot be loaded with weights_only=True ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); save a plain state dict "
+                f"(torch.save(model.state_dict(), PATH)) or a .safetensors file"
+            ) from exc
+    # unwrap {"state_dict": {...}}, {"model": {...}}, and our own training checkpoints
+    # {"modules": {"model": ...}}
     for _ in range(3):
         if isinstance(state, dict) and isinstance(state.get("modules"), dict) and "model" in state["modules"]:
             state = state["modules"]["model"]
-        inner = next((state[k] for k in _WRAPPER_KEYS if isinstance(state, dict) and isinstance(state.get(k), dict)),
-                     None)
+        inner = next(
+            (state[k] for k in _WRAPPER_KEYS if isinstance(state, dict) and isinstance(state.get(k), dict)),
+            None,
+        )
         if inner is None:
             break
         state = inner
@@ -83,7 +90,7 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
         raise UserError(f"--weights {path}: expected a state dict of tensors")
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -99,18 +106,40 @@ def convert_efficientnet_pytorch(state: Dict[str, torch.Tensor], model: nn.Modul
     ``_bn2``/``_se_reduce``/``_se_expand`` → ``conv_pw``/``bn1``/``conv_dw``/``bn2``/``conv_pwl``/``bn3``/
     ``se.conv_reduce``/``se.conv_expand``; depthwise-separable blocks (no expansion): ``_depthwise_conv``/
     ``_bn1``/``_project_conv``/``_bn2`` → ``conv_dw``/``bn1``/``conv_pw``/``bn2``; stem, head and classifier:
-    ``_conv_stem``/``_bn0``/``_conv_head``/``_bn1``/``_fc`` → ``conv_stem``/``bn1``/``conv_head``/``bn2``/``classifier``.
+    ``_conv_stem``/``_bn0``/``_conv_head``/``_bn1``/``_fc`` →
+    ``conv_stem``/``bn1``/``conv_head``/``bn2``/``classifier``.
     """
     blocks = getattr(model, "blocks", None)
     if blocks is None:
-        raise UserError(f"an EfficientNet-PyTorch checkpoint fits timm EfficientNets only, not {type(model).__name__}")
+        raise UserError(
+            f"an EfficientNet-PyTorch checkpoint fits timm EfficientNets only, not {type(model).__name__}"
+        )
     places = [(i, j, type(b).__name__) for i, stage in enumerate(blocks) for j, b in enumerate(stage)]
-    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3", "_se_reduce": "se.conv_reduce",
-                "_se_expand": "se.conv_expand"}
-    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
-                 "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    inverted = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+        "_se_reduce": "se.conv_reduce",
+        "_se_expand": "se.conv_expand",
+    }
+    separable = {
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn1",
+        "_project_conv": "conv_pw",
+        "_bn2": "bn2",
+        "_se_reduce": "se.conv_reduce",
+        "_se_expand": "se.conv_expand",
+    }
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     out = {}
     for key, value in state.items():
         m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
@@ -154,15 +183,20 @@ def load_into(model_name: str, state: Dict[str, torch.Tensor], source: str, **cr
         state = convert_efficientnet_pytorch(state, probe)
     key = _classifier_key(probe)
     num_classes = int(state[key].shape[0]) if key and key in state else _num_outputs(probe)
-    model = probe if num_classes == probe.num_classes else timm.create_model(model_name, pretrained=False,
-                                                                              num_classes=num_classes, **create_kwargs)
+    model = (
+        probe
+        if num_classes == probe.num_classes
+        else timm.create_model(model_name, pretrained=False, num_classes=num_classes, **create_kwargs)
+    )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys, result.unexpected_keys
-        raise UserError(f"{source} does not fit timm model '{model_name}': {len(missing)} missing keys "
-                        f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
-                        f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); pass --model with the "
-                        f"architecture the checkpoint was saved from")
+        raise UserError(
+            f"{source} does not fit timm model '{model_name}': {len(missing)} missing keys "
+            f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
+            f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); pass --model with the "
+            f"architecture the checkpoint was saved from"
+        )
     return model
 
 
@@ -172,12 +206,15 @@ def create_pretrained(model_name: str, **kwargs) -> nn.Module:
     try:
         return timm.create_model(model_name, pretrained=True, **kwargs)
     except Exception as exc:
-        raise UserError(f"could not get timm's pretrained weights for '{model_name}' ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}). On a machine without internet, "
-                        f"pass --weights PATH with a local checkpoint (state dict or .safetensors)") from exc
+        raise UserError(
+            f"could not get timm's pretrained weights for '{model_name}' ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). On a machine without internet, "
+            f"pass --weights PATH with a local checkpoint (state dict or .safetensors)"
+        ) from exc
 
 
 # ------------------------------------------------------------------------------- fine-tuning
+
 
 @dataclass(frozen=True)
 class FinetuneRecipe:
@@ -198,8 +235,8 @@ class FinetuneRecipe:
     head_only: bool = False
     removal_fraction: float = 0.0
     seed: int = 0
-    img_size: Optional[int] = None               # input size for models that take one (e.g. DINOv2 at 224, not 518)
-    init_weights_sha256: Optional[str] = None    # --weights used as the starting point (None: timm's)
+    img_size: Optional[int] = None  # input size for models that take one (e.g. DINOv2 at 224, not 518)
+    init_weights_sha256: Optional[str] = None  # --weights used as the starting point (None: timm's)
     version: int = 1
 
     def create_kwargs(self) -> dict:
@@ -230,9 +267,15 @@ def _accuracy(adapter: ModelAdapter, split, batch_size: int) -> float:
     return correct / max(1, seen)
 
 
-def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = "cpu", cache_dir: Optional[str] = None,
-                        data_root: Optional[str] = None, weights: Optional[str] = None,
-                        progress: bool = True) -> Path:
+def finetune_classifier(
+    recipe: FinetuneRecipe,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: Optional[str] = None,
+    data_root: Optional[str] = None,
+    weights: Optional[str] = None,
+    progress: bool = True,
+) -> Path:
     """Fine-tune ``recipe.model`` on ``recipe.dataset`` (cached, resumable); return the directory
     holding ``model.pt`` and ``meta.json``. The run then finds it by (model, dataset)."""
     from .datasets import load_dataset
@@ -244,17 +287,27 @@ def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = 
     device = torch.device(device)
     if weights:
         recipe = FinetuneRecipe(**{**asdict(recipe), "init_weights_sha256": file_hash(weights, 64)})
-    directory = resolve_cache_dir(cache_dir) / "models" / f"finetune-{_safe(recipe.model)}-{_safe(recipe.dataset)}-" \
-                                                          f"{stable_hash(asdict(recipe))}"
+    directory = (
+        resolve_cache_dir(cache_dir) / "models" / f"finetune-{_safe(recipe.model)}-{_safe(recipe.dataset)}-"
+        f"{stable_hash(asdict(recipe))}"
+    )
     pointer = finetune_pointer(cache_dir, recipe.model, recipe.dataset)
     opts = dict(seed=recipe.seed, cache_dir=cache_dir, data_root=data_root)
     with cache_lock(directory, f"fine-tuned '{recipe.model}' on '{recipe.dataset}'"):
         if (directory / "model.pt").exists():
             write_json(pointer, {"directory": str(directory)})
             return directory
-        train, val = load_dataset(recipe.dataset, "train", **opts), load_dataset(recipe.dataset, "val", **opts)
-        model = load_into(recipe.model, read_state_dict(weights), f"--weights {weights}", **recipe.create_kwargs()) \
-            if weights else create_pretrained(recipe.model, **recipe.create_kwargs())
+        train, val = (
+            load_dataset(recipe.dataset, "train", **opts),
+            load_dataset(recipe.dataset, "val", **opts),
+        )
+        model = (
+            load_into(
+                recipe.model, read_state_dict(weights), f"--weights {weights}", **recipe.create_kwargs()
+            )
+            if weights
+            else create_pretrained(recipe.model, **recipe.create_kwargs())
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(recipe.seed, "head-init"))
             model.reset_classifier(train.num_classes)
@@ -269,11 +322,14 @@ def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = 
                 p.requires_grad_(id(p) in head_ids)
         groups = [{"params": list(head.parameters()), "lr": recipe.head_lr}]
         if not recipe.head_only:
-            groups.append({"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": recipe.lr})
+            groups.append(
+                {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": recipe.lr}
+            )
         opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
         steps = max(1, len(train) // recipe.batch_size) if len(train) >= recipe.batch_size else 1
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
-                                                    total_steps=recipe.epochs * steps, pct_start=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in groups], total_steps=recipe.epochs * steps, pct_start=0.1
+        )
         removal = Removal("drop" if adapter.is_vit else "mean")
 
         def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
@@ -291,65 +347,112 @@ def finetune_classifier(recipe: FinetuneRecipe, *, device: str | torch.device = 
                 y = torch.tensor([s.label for s in samples], device=device)
                 flip = flips[: len(samples)].to(device)[:, None, None, None]
                 x = torch.where(flip, x.flip(3), x)
-                loss, logits = removal_augmented_step(adapter, x, y, removal, recipe.removal_fraction, g, opt,
-                                                      sched)
+                loss, logits = removal_augmented_step(
+                    adapter, x, y, removal, recipe.removal_fraction, g, opt, sched
+                )
                 total += loss * len(samples)
                 seen += len(samples)
                 hits += int((logits.argmax(1) == y).sum())
                 bar.step(loss)
             model.eval()
-            return {"loss": total / max(1, seen), "train_acc": hits / max(1, seen),
-                    "val_acc": _accuracy(adapter, val, recipe.batch_size), "lr": sched.get_last_lr()[-1]}
+            return {
+                "loss": total / max(1, seen),
+                "train_acc": hits / max(1, seen),
+                "val_acc": _accuracy(adapter, val, recipe.batch_size),
+                "lr": sched.get_last_lr()[-1],
+            }
 
         start = time.time()
-        log = train_epochs(directory, {"model": model}, opt, recipe.epochs, run_epoch, steps, seed=recipe.seed,
-                           scheduler=sched, scheduler_per_epoch=False,
-                           desc=f"fine-tuning {recipe.model} on {recipe.dataset}", progress=progress)
-        meta = {"recipe": asdict(recipe), "classes": list(train.classes), "num_classes": train.num_classes,
-                "val_accuracy": log[-1]["val_acc"] if log else None, "train_seconds": round(time.time() - start, 1),
-                "skipped_files": list(train.skipped) + list(val.skipped)}
+        log = train_epochs(
+            directory,
+            {"model": model},
+            opt,
+            recipe.epochs,
+            run_epoch,
+            steps,
+            seed=recipe.seed,
+            scheduler=sched,
+            scheduler_per_epoch=False,
+            desc=f"fine-tuning {recipe.model} on {recipe.dataset}",
+            progress=progress,
+        )
+        meta = {
+            "recipe": asdict(recipe),
+            "classes": list(train.classes),
+            "num_classes": train.num_classes,
+            "val_accuracy": log[-1]["val_acc"] if log else None,
+            "train_seconds": round(time.time() - start, 1),
+            "skipped_files": list(train.skipped) + list(val.skipped),
+        }
         save_torch(directory / "model.pt", model.state_dict())
         write_json(directory / "meta.json", meta)
         (directory / "checkpoint.pt").unlink(missing_ok=True)
         write_json(pointer, {"directory": str(directory)})
     if progress:
-        print(f"fine-tuned {recipe.model} on {recipe.dataset}: val accuracy {meta['val_accuracy']:.2%} → {directory}",
-              file=sys.stderr)
+        print(
+            f"fine-tuned {recipe.model} on {recipe.dataset}: val accuracy {meta['val_accuracy']:.2%} "
+            f"→ {directory}",
+            file=sys.stderr,
+        )
     return directory
 
 
 # ------------------------------------------------------------------------------- loading
 
-def _adapter(model: nn.Module, name: str, data, class_indices: Optional[Sequence[int]],
-             device: torch.device) -> ModelAdapter:
+
+def _adapter(
+    model: nn.Module, name: str, data, class_indices: Optional[Sequence[int]], device: torch.device
+) -> ModelAdapter:
     import timm
 
     from .datasets.folder import Preprocessing
 
     config = timm.data.resolve_data_config({}, model=model)
-    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)   # a ViT built for another size
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT built for another size
     if fixed is not None and tuple(fixed) != tuple(config["input_size"][-2:]):
         config["input_size"] = (3, *fixed)
-    adapter = ModelAdapter(model, mean=config["mean"], std=config["std"], input_size=tuple(config["input_size"][-2:]),
-                           class_indices=class_indices, device=device, name=name, class_names=list(data.classes))
+    adapter = ModelAdapter(
+        model,
+        mean=config["mean"],
+        std=config["std"],
+        input_size=tuple(config["input_size"][-2:]),
+        class_indices=class_indices,
+        device=device,
+        name=name,
+        class_names=list(data.classes),
+    )
     adapter.preprocessing = Preprocessing.from_timm(config)
     adapter.data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
     return adapter
 
 
 def class_mismatch(name: str, outputs: int, dataset: str, n_classes: int, subset: bool) -> UserError:
-    fix = [f"pass --weights PATH with a checkpoint of '{name}' that has {n_classes} outputs",
-           f"fine-tune it once with `xaibench train classifier --dataset {dataset} --model {name}`"]
+    fix = [
+        f"pass --weights PATH with a checkpoint of '{name}' that has {n_classes} outputs",
+        f"fine-tune it once with `xaibench train classifier --dataset {dataset} --model {name}`",
+    ]
     if subset:
-        fix.insert(0, "use an ImageNet-1k checkpoint (1000 outputs), whose head is then restricted to the "
-                      "dataset's ImageNet classes (subset head)")
-    return UserError(f"model '{name}' has {outputs} outputs but dataset '{dataset}' has {n_classes} classes"
-                     f"{'' if subset else ' that are not ImageNet classes'}: " + ", or ".join(fix))
+        fix.insert(
+            0,
+            "use an ImageNet-1k checkpoint (1000 outputs), whose head is then restricted to the "
+            "dataset's ImageNet classes (subset head)",
+        )
+    return UserError(
+        f"model '{name}' has {outputs} outputs but dataset '{dataset}' has {n_classes} classes"
+        f"{'' if subset else ' that are not ImageNet classes'}: " + ", or ".join(fix)
+    )
 
 
-def load_timm_model(name: str, *, data, dataset: str, device: str | torch.device = "cpu",
-                    weights: Optional[str] = None, cache_dir: Optional[str] = None,
-                    progress: bool = True) -> ModelAdapter:
+def load_timm_model(
+    name: str,
+    *,
+    data,
+    dataset: str,
+    device: str | torch.device = "cpu",
+    weights: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    progress: bool = True,
+) -> ModelAdapter:
     """A :class:`ModelAdapter` for timm model ``name`` on ``data`` (a split: its ``classes`` and,
     for ImageNet subsets, ``imagenet_indices``). See the module docstring for the weights' order."""
     device = torch.device(device)
@@ -364,9 +467,15 @@ def load_timm_model(name: str, *, data, dataset: str, device: str | torch.device
         directory = Path(read_json(pointer)["directory"])
         ft = read_json(directory / "meta.json")
         kwargs = FinetuneRecipe(**ft["recipe"]).create_kwargs()
-        model = load_into(name, load_torch(directory / "model.pt"), f"fine-tuned checkpoint {directory}", **kwargs)
-        meta.update(weights=str(directory / "model.pt"), weights_sha256=file_hash(directory / "model.pt"),
-                    finetuned=ft["recipe"], val_accuracy=ft.get("val_accuracy"))
+        model = load_into(
+            name, load_torch(directory / "model.pt"), f"fine-tuned checkpoint {directory}", **kwargs
+        )
+        meta.update(
+            weights=str(directory / "model.pt"),
+            weights_sha256=file_hash(directory / "model.pt"),
+            finetuned=ft["recipe"],
+            val_accuracy=ft.get("val_accuracy"),
+        )
     else:
         import timm
 
@@ -376,8 +485,11 @@ def load_timm_model(name: str, *, data, dataset: str, device: str | torch.device
         if progress:
             print(f"loading timm's pretrained weights for '{name}'", file=sys.stderr)
         model = create_pretrained(name)
-        meta.update(weights="timm pretrained", pretrained_tag=model.pretrained_cfg.get("tag"),
-                    hf_hub_id=model.pretrained_cfg.get("hf_hub_id"))
+        meta.update(
+            weights="timm pretrained",
+            pretrained_tag=model.pretrained_cfg.get("tag"),
+            hf_hub_id=model.pretrained_cfg.get("hf_hub_id"),
+        )
     outputs = _num_outputs(model)
     if outputs == n_classes:
         class_indices, meta["head"] = None, "full"

@@ -14,6 +14,7 @@ lookup, not at ``import xaibench``. Third-party packages plug in through entry p
 (group ``xaibench.methods`` etc.: ``name = package.module`` or ``package.module:object``;
 loading the module runs its decorators) or through ``--plugin some.module`` on the CLI.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -58,8 +59,10 @@ class Registry:
                 try:
                     ep.load()
                 except Exception as exc:  # a broken third-party package must not hide ours
-                    raise UserError(f"plugin entry point '{ep.name} = {ep.value}' "
-                                    f"(group {self._group}) failed to load: {exc}") from exc
+                    raise UserError(
+                        f"plugin entry point '{ep.name} = {ep.value}' "
+                        f"(group {self._group}) failed to load: {exc}"
+                    ) from exc
             self._loaded = True
         finally:
             self._loading = False
@@ -99,8 +102,9 @@ class Registry:
             elif any(c in item for c in "*?["):
                 matched = self.names(item)
                 if not matched:
-                    raise UserError(f"no {self.kind} matches '{item}'. Valid {self.kind}s: "
-                                    f"{', '.join(self.names())}")
+                    raise UserError(
+                        f"no {self.kind} matches '{item}'. Valid {self.kind}s: {', '.join(self.names())}"
+                    )
             else:
                 self.get(item)
                 matched = [item.lower()]

@@ -14,6 +14,7 @@ with a :class:`Removal`, so "removal" means the same thing everywhere. Strategie
 The fill is computed once from the clean image, never from an already perturbed one.
 Images here are in the model's normalised input space.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class Removal:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown removal strategy '{self.strategy}'. Valid strategies: {', '.join(STRATEGIES)}")
+            raise UserError(
+                f"unknown removal strategy '{self.strategy}'. Valid strategies: {', '.join(STRATEGIES)}"
+            )
         if self.n_draws < 1:
             raise UserError(f"removal n_draws must be ≥ 1, got {self.n_draws}")
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:

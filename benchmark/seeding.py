@@ -5,6 +5,7 @@ purpose): the numbers an image gets do not depend on which batch it is in, on th
 batch size, or on what ran before. Draws made on different devices (CPU vs CUDA)
 differ, since torch's generators differ by device.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,9 @@ def generator(seed: int, *keys: object, device: torch.device | str = "cpu") -> t
     return g
 
 
-def image_generators(seed: int, ids: Sequence[str], purpose: str,
-                     device: torch.device | str = "cpu") -> List[torch.Generator]:
+def image_generators(
+    seed: int, ids: Sequence[str], purpose: str, device: torch.device | str = "cpu"
+) -> List[torch.Generator]:
     """One generator per image id for ``purpose``."""
     return [generator(seed, i, purpose, device=device) for i in ids]
 

@@ -6,6 +6,7 @@ interrupted training from its last epoch. Each epoch draws its randomness from g
 seeded by (seed, epoch), so a resumed training ends with the same weights as an
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,9 @@ class Progress:
     def __init__(self, total: int, desc: str, enabled: bool) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr, dynamic_ncols=True
+        )
 
     def step(self, loss: float | None = None, **extra: float) -> None:
         self.bar.update(1)
@@ -54,10 +56,20 @@ def _write_log(path: Path, rows: List[Dict[str, float]]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
-def train_epochs(directory: str | Path, modules: Dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                 epochs: int, run_epoch: EpochFn, steps_per_epoch: int, *, seed: int,
-                 scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
-                 scheduler_per_epoch: bool = True, desc: str = "train", progress: bool = True) -> List[Dict[str, float]]:
+def train_epochs(
+    directory: str | Path,
+    modules: Dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    run_epoch: EpochFn,
+    steps_per_epoch: int,
+    *,
+    seed: int,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+    scheduler_per_epoch: bool = True,
+    desc: str = "train",
+    progress: bool = True,
+) -> List[Dict[str, float]]:
     """Run ``run_epoch(epoch, generator, progress)`` for the remaining epochs, checkpointing each.
 
     ``directory`` holds ``checkpoint.pt`` (the resumable state) and ``log.csv``. The scheduler's
@@ -93,10 +105,16 @@ def train_epochs(directory: str | Path, modules: Dict[str, nn.Module], optimizer
         if scheduler is not None and scheduler_per_epoch:
             scheduler.step()
         rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in metrics.items()}})
-        save_torch(ckpt, {"epoch": epoch + 1, "modules": {k: m.state_dict() for k, m in modules.items()},
-                          "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                          "log": rows})
+        save_torch(
+            ckpt,
+            {
+                "epoch": epoch + 1,
+                "modules": {k: m.state_dict() for k, m in modules.items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "log": rows,
+            },
+        )
         _write_log(log_path, rows)
         if progress:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in rows[-1].items() if k != "epoch")
@@ -106,10 +124,11 @@ def train_epochs(directory: str | Path, modules: Dict[str, nn.Module], optimizer
     return rows
 
 
-def batches(n: int, batch_size: int, g: torch.Generator, shuffle: bool = True,
-            drop_last: bool = True) -> Iterable[torch.Tensor]:
+def batches(
+    n: int, batch_size: int, g: torch.Generator, shuffle: bool = True, drop_last: bool = True
+) -> Iterable[torch.Tensor]:
     """Index batches of a seeded permutation."""
     order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for s in range(0, stop, batch_size):
-        yield order[s: s + batch_size]
+        yield order[s : s + batch_size]

@@ -6,6 +6,7 @@ prefix tokens (CLS and registers) are dropped from the columns, leaving the P pa
 For a model without a CLS token (average pooling, no prefix) the explained row is the mean of
 the patch-token rows. Maps are at patch level (B, gh, gw).
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -82,7 +83,7 @@ class GAE(AttributionMethod):
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         with torch.enable_grad(), adapter.record_attention(grad=True) as rec:
-            x = x.detach().requires_grad_(True)   # so every attention map is part of the graph
+            x = x.detach().requires_grad_(True)  # so every attention map is part of the graph
             logits = adapter.logits(x)
             torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), x)
         R = gradient_attention_rollout(rec.ordered(), rec.ordered("grads"))

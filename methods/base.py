@@ -15,6 +15,7 @@ batching, devices, seeding, caching and removal live elsewhere. Register it with
             (grad,) = torch.autograd.grad(score, x)
             return Attribution((grad * x).sum(1), "pixel")
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -35,13 +36,13 @@ PRESETS = ("paper", "quick")
 class Requires:
     """What a method needs; the harness skips a method whose needs the run cannot meet."""
 
-    gradients: bool = False     # backpropagates through the model
-    attention: bool = False     # reads attention maps (ViT with timm Attention blocks)
-    vit: bool = False           # works on ViTs only
-    cnn: bool = False           # works on CNNs only
-    masks: bool = False         # ground-truth masks of the images it explains (Oracle)
-    training: bool = False      # must be fitted on the training split first (learned explainers)
-    distractors: bool = False   # training images at attribution time (mask optimisation)
+    gradients: bool = False  # backpropagates through the model
+    attention: bool = False  # reads attention maps (ViT with timm Attention blocks)
+    vit: bool = False  # works on ViTs only
+    cnn: bool = False  # works on CNNs only
+    masks: bool = False  # ground-truth masks of the images it explains (Oracle)
+    training: bool = False  # must be fitted on the training split first (learned explainers)
+    distractors: bool = False  # training images at attribution time (mask optimisation)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v}
@@ -78,8 +79,10 @@ class AttributionMethod:
             raise UserError(f"unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise UserError(f"method '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
-                            f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}")
+            raise UserError(
+                f"method '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
+                f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}"
+            )
         self.preset = preset
         self.seed = seed
         self.params: Dict[str, Any] = {**self.defaults, **self.presets.get(preset, {}), **params}
@@ -104,8 +107,15 @@ class AttributionMethod:
     def fit(self, adapter, train_data, ctx: FitContext) -> None:
         """Learned methods train (or load from cache) here; others need nothing."""
 
-    def attribute(self, adapter, x: torch.Tensor, target: torch.Tensor, *,
-                  ids: Sequence[str], masks: Optional[torch.Tensor] = None) -> Attribution:
+    def attribute(
+        self,
+        adapter,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        ids: Sequence[str],
+        masks: Optional[torch.Tensor] = None,
+    ) -> Attribution:
         """Maps for a batch: x (B, 3, H, W) normalised, target (B,) class indices."""
         raise NotImplementedError
 

@@ -9,6 +9,7 @@ Note: pytorch-grad-cam returns maps that are ReLU'd, min-max scaled to [0, 1] pe
 resized (bilinear, OpenCV) to the input size; those are the maps these methods return
 (pixel level). The classifier's outputs are restricted to the task's classes by the adapter.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,11 @@ class _CAM(AttributionMethod):
 
         cls = getattr(pytorch_grad_cam, self.cam_class)
         targets = [ClassifierOutputTarget(int(t)) for t in target.tolist()]
-        with cls(model=_Logits(adapter), target_layers=adapter.gradcam_target_layers(),
-                 reshape_transform=adapter.gradcam_reshape_transform()) as cam:
+        with cls(
+            model=_Logits(adapter),
+            target_layers=adapter.gradcam_target_layers(),
+            reshape_transform=adapter.gradcam_reshape_transform(),
+        ) as cam:
             maps = cam(input_tensor=x, targets=targets)
         adapter.zero_grad()
         return Attribution(torch.from_numpy(maps).to(x.device), "pixel")

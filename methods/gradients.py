@@ -4,6 +4,7 @@ All three explain the target logit in the model's normalised input space and ret
 pixel-level maps. Batched: captum's ``internal_batch_size`` (IG) and our own chunking of the
 noisy copies (SmoothGrad) bound the number of inputs per backward pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,9 @@ class Saliency(AttributionMethod):
     def attribute(self, adapter, x, target, *, ids, masks=None):
         from captum.attr import Saliency as CaptumSaliency
 
-        grads = CaptumSaliency(adapter.forward_fn()).attribute(x.detach().requires_grad_(), target=target,
-                                                                abs=True)
+        grads = CaptumSaliency(adapter.forward_fn()).attribute(
+            x.detach().requires_grad_(), target=target, abs=True
+        )
         adapter.zero_grad()
         return Attribution(grads.amax(1), "pixel")
 
@@ -86,7 +88,12 @@ class IntegratedGradients(AttributionMethod):
         from captum.attr import IntegratedGradients as CaptumIG
 
         ig = CaptumIG(adapter.forward_fn())
-        attr = ig.attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=int(self.params["n_steps"]),
-                            internal_batch_size=int(self.params["internal_batch_size"]))
+        attr = ig.attribute(
+            x,
+            baselines=torch.zeros_like(x),
+            target=target,
+            n_steps=int(self.params["n_steps"]),
+            internal_batch_size=int(self.params["internal_batch_size"]),
+        )
         adapter.zero_grad()
         return Attribution(attr.sum(1), "pixel")

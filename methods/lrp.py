@@ -20,6 +20,7 @@
 
 The GAE method (Chefer et al. 2021b) lives in ``attention.py`` under its own name.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Sequence
@@ -44,7 +45,9 @@ def safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b == 0, torch.zeros_like(a), a / den)
 
 
-def lrp0(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], R: torch.Tensor) -> List[torch.Tensor]:
+def lrp0(
+    fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], R: torch.Tensor
+) -> List[torch.Tensor]:
     """Gradient × input rule through ``fn``: R_i = x_i ⊙ ∂(Z · S)/∂x_i with S = R / Z, Z = fn(*inputs)."""
     with torch.enable_grad():
         xs = [t.detach().requires_grad_(True) for t in inputs]
@@ -56,6 +59,7 @@ def lrp0(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], R: tor
 def renormalise_pair(a: torch.Tensor, b: torch.Tensor, R: torch.Tensor):
     """Chefer et al. 2021 Eq. 8, per image: scale the two operands' relevance so that their
     shares are |Σa| : |Σb| and together they sum to ΣR."""
+
     def total(t):
         return t.flatten(1).sum(1).view(-1, *([1] * (t.ndim - 1)))
 
@@ -83,13 +87,21 @@ def linear_alpha1_beta0(x: torch.Tensor, weight: torch.Tensor, R: torch.Tensor) 
 def _check_vit(adapter) -> None:
     m = adapter.model
     if getattr(m, "attn_pool", None) is not None:
-        raise UserError(f"lrp: {adapter.name} pools with attention (attn_pool); supported: token and avg pooling")
+        raise UserError(
+            f"lrp: {adapter.name} pools with attention (attn_pool); supported: token and avg pooling"
+        )
     for blk in m.blocks:
         a, mlp = blk.attn, blk.mlp
-        if getattr(a, "gate", None) is not None or not all(hasattr(a, n) for n in ("qkv", "proj", "num_heads")):
+        if getattr(a, "gate", None) is not None or not all(
+            hasattr(a, n) for n in ("qkv", "proj", "num_heads")
+        ):
             raise UserError(f"lrp: {adapter.name} has attention blocks other than timm's standard Attention")
-        if not (hasattr(mlp, "fc1") and hasattr(mlp, "fc2") and isinstance(mlp.fc1, nn.Linear)
-                and mlp.fc1.out_features == mlp.fc2.in_features):
+        if not (
+            hasattr(mlp, "fc1")
+            and hasattr(mlp, "fc2")
+            and isinstance(mlp.fc1, nn.Linear)
+            and mlp.fc1.out_features == mlp.fc2.in_features
+        ):
             raise UserError(f"lrp: {adapter.name} has gated MLPs; supported: timm's standard Mlp")
 
 
@@ -120,8 +132,27 @@ def _vit_forward(adapter, x: torch.Tensor):
         gn = mlp.norm(g)
         r2 = blk.ls2(mlp.fc2(gn))
         t = h_mid + r2
-        rec.update(n1=n1, q=q, k=k, qn=qn, kn=kn, qs=qs, scores=scores, A=A, v=v, o2=o2, o3=o3, a_out=at.proj(o3), r1=r1,
-                   h_mid=h_mid, n2=n2, g=g, gn=gn, f2=mlp.fc2(gn), r2=r2)
+        rec.update(
+            n1=n1,
+            q=q,
+            k=k,
+            qn=qn,
+            kn=kn,
+            qs=qs,
+            scores=scores,
+            A=A,
+            v=v,
+            o2=o2,
+            o3=o3,
+            a_out=at.proj(o3),
+            r1=r1,
+            h_mid=h_mid,
+            n2=n2,
+            g=g,
+            gn=gn,
+            f2=mlp.fc2(gn),
+            r2=r2,
+        )
         blocks.append(rec)
     feats = t
     hn = m.norm(feats)
@@ -159,7 +190,7 @@ def vit_lrp(adapter, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # the activation (GELU) passes relevance unchanged
         R_r2 = linear_alpha1_beta0(b["n2"], mlp.fc1.weight, R_r2)
         (R_r2,) = lrp0(blk.norm2, [b["h_mid"]], R_r2)
-        R = R_mid + R_r2                                    # the copy of h_mid feeding both branches
+        R = R_mid + R_r2  # the copy of h_mid feeding both branches
         # first residual: h_mid = h_in + r1
         R_in, R_r1 = two_operand(torch.add, b["h_in"], b["r1"], R)
         (R_r1,) = lrp0(blk.ls1, [b["a_out"]], R_r1)
@@ -207,6 +238,7 @@ def _residual_forward(branch, last_act):
             out = self.drop_path(out)
         shortcut = self.downsample(x) if self.downsample is not None else x
         return getattr(self, last_act)(self.canonizer_sum(torch.stack([shortcut, out], dim=-1)))
+
     return forward
 
 
@@ -218,9 +250,15 @@ def _timm_block_canonizer():
 
     def attributes(_name, module):
         if isinstance(module, BasicBlock):
-            return {"forward": _residual_forward(_basic_branch, "act2").__get__(module), "canonizer_sum": Sum()}
+            return {
+                "forward": _residual_forward(_basic_branch, "act2").__get__(module),
+                "canonizer_sum": Sum(),
+            }
         if isinstance(module, Bottleneck):
-            return {"forward": _residual_forward(_bottleneck_branch, "act3").__get__(module), "canonizer_sum": Sum()}
+            return {
+                "forward": _residual_forward(_bottleneck_branch, "act3").__get__(module),
+                "canonizer_sum": Sum(),
+            }
         return None
 
     return AttributeCanonizer(attributes)
@@ -245,7 +283,8 @@ def cnn_lrp(adapter, x: torch.Tensor, target: torch.Tensor, epsilon: float = 1e-
 
     canonizers = [SequentialMergeBatchNorm(), _timm_block_canonizer()]
     try:
-        from torchvision.models.resnet import BasicBlock as TVBasic, Bottleneck as TVBottle
+        from torchvision.models.resnet import BasicBlock as TVBasic
+        from torchvision.models.resnet import Bottleneck as TVBottle
 
         if any(isinstance(mod, (TVBasic, TVBottle)) for mod in adapter.model.modules()):
             canonizers = [ResNetCanonizer()]

@@ -22,6 +22,7 @@ Paper: 2000 steps × 10 distractors = 20 000 forward+backward passes per image, 
 embedded default's 2-core CPU budget; ``quick`` uses 20 steps × 3 distractors (60 passes), so
 its masks are early, coarse iterates of the optimisation (the result records the steps used).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,9 @@ from .base import AttributionMethod, Requires, register_method
 
 def total_variation(m: torch.Tensor) -> torch.Tensor:
     """Anisotropic TV per image of (B, H, W) masks: sum of absolute neighbour differences."""
-    return (m[:, 1:] - m[:, :-1]).abs().flatten(1).sum(1) + (m[:, :, 1:] - m[:, :, :-1]).abs().flatten(1).sum(1)
+    return (m[:, 1:] - m[:, :-1]).abs().flatten(1).sum(1) + (m[:, :, 1:] - m[:, :, :-1]).abs().flatten(1).sum(
+        1
+    )
 
 
 @register_method("mask_optimisation")
@@ -48,15 +51,21 @@ class MaskOptimisation(AttributionMethod):
 
     label = "Mask Opt."
     requires = Requires(gradients=True, distractors=True)
-    defaults = {"steps": 2000, "lr": 0.05, "n_distractors": 10, "upsample": 4, "lambda_tv": 0.01,
-                "lambda_l1": 2e-5}
+    defaults = {
+        "steps": 2000,
+        "lr": 0.05,
+        "n_distractors": 10,
+        "upsample": 4,
+        "lambda_tv": 0.01,
+        "lambda_l1": 2e-5,
+    }
     presets = {"quick": {"steps": 20, "n_distractors": 3}}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.distractors = None
-        self.history = None      # per-step summed objective of the last batch (for tests / reports)
-        self.low_res = None      # the last batch's optimised low-resolution masks sigmoid(W)
+        self.history = None  # per-step summed objective of the last batch (for tests / reports)
+        self.low_res = None  # the last batch's optimised low-resolution masks sigmoid(W)
 
     def fit(self, adapter, train_data, ctx) -> None:
         if ctx.distractors is None or len(ctx.distractors) == 0:
@@ -67,22 +76,35 @@ class MaskOptimisation(AttributionMethod):
         """Per-image loss (B,) of low-res masks ``mask_low`` (B, h, w) in [0, 1] with distractors
         ``picks`` (B, D) indices into the pool."""
         B, D = picks.shape
-        M = F.interpolate(mask_low[:, None], size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[:, 0]
+        M = F.interpolate(mask_low[:, None], size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[
+            :, 0
+        ]
         bg = self.distractors.to(x.device)[picks.flatten()]
         mixed = Removal.compose(x.repeat_interleave(D, 0), M.repeat_interleave(D, 0), bg)
         probs = adapter.logits(mixed).float().softmax(-1)
         p = probs.gather(1, target.repeat_interleave(D)[:, None]).view(B, D).mean(1)
-        loss = (-torch.log(p.clamp_min(1e-12)) + self.params["lambda_tv"] * total_variation(M)
-                + self.params["lambda_l1"] * M.flatten(1).sum(1))
+        loss = (
+            -torch.log(p.clamp_min(1e-12))
+            + self.params["lambda_tv"] * total_variation(M)
+            + self.params["lambda_l1"] * M.flatten(1).sum(1)
+        )
         return loss, M
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         if self.distractors is None:
-            raise UserError("mask_optimisation has no distractor images: call fit() first (the harness does, "
-                            "with the run's distractor pool)")
-        steps, D, s = int(self.params["steps"]), int(self.params["n_distractors"]), int(self.params["upsample"])
+            raise UserError(
+                "mask_optimisation has no distractor images: call fit() first (the harness does, "
+                "with the run's distractor pool)"
+            )
+        steps, D, s = (
+            int(self.params["steps"]),
+            int(self.params["n_distractors"]),
+            int(self.params["upsample"]),
+        )
         if steps < 1 or D < 1 or s < 1:
-            raise UserError(f"mask_optimisation: need steps, n_distractors, upsample ≥ 1; got {steps}, {D}, {s}")
+            raise UserError(
+                f"mask_optimisation: need steps, n_distractors, upsample ≥ 1; got {steps}, {D}, {s}"
+            )
         B, _, H, W = x.shape
         pool = len(self.distractors)
         gens = [generator(self.seed, i, "maskopt", device=x.device) for i in ids]
@@ -92,9 +114,11 @@ class MaskOptimisation(AttributionMethod):
         self.history = []
         with torch.enable_grad():
             for _ in range(steps):
-                picks = torch.stack([torch.randint(0, pool, (D,), generator=g, device=x.device) for g in gens])
+                picks = torch.stack(
+                    [torch.randint(0, pool, (D,), generator=g, device=x.device) for g in gens]
+                )
                 loss, _ = self.objective(adapter, x, target, w.sigmoid(), picks)
-                (w.grad,) = torch.autograd.grad(loss.sum(), w)   # no gradients of the model's weights
+                (w.grad,) = torch.autograd.grad(loss.sum(), w)  # no gradients of the model's weights
                 opt.step()
                 self.history.append(float(loss.detach().sum()))
         self.low_res = w.detach().sigmoid()

@@ -1,4 +1,5 @@
 """Reference rows that calibrate every table (salvage-paper Table 1; SPEC §4)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,9 @@ class Random(AttributionMethod):
     label = "Random"
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
-        maps = torch.stack([torch.rand(adapter.grid, generator=generator(self.seed, i, "random")) for i in ids])
+        maps = torch.stack(
+            [torch.rand(adapter.grid, generator=generator(self.seed, i, "random")) for i in ids]
+        )
         return Attribution(maps.to(x.device), "patch")
 
 

@@ -19,6 +19,7 @@ masks in any batch. Paper defaults N = 4000, s = 8, p = 0.5; ``quick`` (embedded
 N = 384 (token-dropped forwards of the 64-patch tiny ViT, ~1/6 of a forward+backward each), to
 stay within the 2-core CPU time budget; its maps are correspondingly noisier.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,7 @@ def rise_pixel_masks(n: int, size, s: int, p: float, g: torch.Generator, device)
     rows = (dy[:, None] + torch.arange(H, device=device))[:, :, None].expand(n, H, up.shape[2])
     up = up.gather(1, rows)
     cols = (dx[:, None] + torch.arange(W, device=device))[:, None, :].expand(n, H, W)
-    return up.gather(2, cols).clamp_(0, 1)   # bilinear weights of 0/1 values; clamp float round-off
+    return up.gather(2, cols).clamp_(0, 1)  # bilinear weights of 0/1 values; clamp float round-off
 
 
 @register_method("rise")
@@ -70,19 +71,26 @@ class RISE(AttributionMethod):
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         mode = self._mode(adapter)
-        n, step, s, p = int(self.params["n_masks"]), int(self.params["mask_batch"]), int(self.params["s"]), \
-            float(self.params["p"])
+        n, step, s, p = (
+            int(self.params["n_masks"]),
+            int(self.params["mask_batch"]),
+            int(self.params["s"]),
+            float(self.params["p"]),
+        )
         if n < 1 or step < 1 or s < 1 or not 0 < p <= 1:
-            raise UserError(f"rise: need n_masks ≥ 1, mask_batch ≥ 1, s ≥ 1 and 0 < p ≤ 1; got "
-                            f"n_masks={n}, mask_batch={step}, s={s}, p={p}")
+            raise UserError(
+                f"rise: need n_masks ≥ 1, mask_batch ≥ 1, s ≥ 1 and 0 < p ≤ 1; got "
+                f"n_masks={n}, mask_batch={step}, s={s}, p={p}"
+            )
         gens = [generator(self.seed, i, "rise", device=x.device) for i in ids]
         shape = adapter.grid if mode == "patch" else adapter.input_size
         sal = torch.zeros(x.shape[0], *shape, device=x.device)
         for start in range(0, n, step):
             m = min(step, n - start)
             if mode == "patch":
-                keep = torch.stack([torch.rand(m, adapter.num_patches, generator=g, device=x.device) < p
-                                    for g in gens])
+                keep = torch.stack(
+                    [torch.rand(m, adapter.num_patches, generator=g, device=x.device) < p for g in gens]
+                )
                 scores = adapter.masked_probs(x, keep, "drop", ids=ids, target=target)
                 sal += torch.einsum("bm,bmp->bp", scores, keep.float()).view_as(sal)
             else:

@@ -12,6 +12,7 @@ backward pass (the loss is summed, so each copy gets its own gradient). Each ima
 ``seeding.generator(seed, id, "suppression")``. Paper defaults K = 200, prob = 0.6; ``quick``
 (embedded default run, 2-core CPU budget): K = 16 forward+backward passes per image.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,11 +52,17 @@ class FeatureSuppression(AttributionMethod):
     presets = {"quick": {"n_samples": 16, "sample_batch": 16}}
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
-        K, step, prob, C = (int(self.params["n_samples"]), int(self.params["sample_batch"]),
-                            float(self.params["prob"]), float(self.params["constant"]))
+        K, step, prob, C = (
+            int(self.params["n_samples"]),
+            int(self.params["sample_batch"]),
+            float(self.params["prob"]),
+            float(self.params["constant"]),
+        )
         if K < 1 or step < 1 or not 0 <= prob <= 1:
-            raise UserError(f"feature_suppression: need n_samples ≥ 1, sample_batch ≥ 1, 0 ≤ prob ≤ 1; got "
-                            f"n_samples={K}, sample_batch={step}, prob={prob}")
+            raise UserError(
+                f"feature_suppression: need n_samples ≥ 1, sample_batch ≥ 1, 0 ≤ prob ≤ 1; got "
+                f"n_samples={K}, sample_batch={step}, prob={prob}"
+            )
         B, _, H, W = x.shape
         N = H * W
         gens = [generator(self.seed, i, "suppression", device=x.device) for i in ids]

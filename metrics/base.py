@@ -8,6 +8,7 @@ per-image curves. Dataset-level metrics (PxAP) return per-image *states* instead
 ``aggregate`` turns any set of states into the dataset value (so that a leaderboard can
 bootstrap over images).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,11 +42,11 @@ def register_metric(name: Optional[str] = None):
 class Batch:
     """A batch as the harness hands it to methods and metrics."""
 
-    x: torch.Tensor                      # (B, 3, H, W) normalised
-    labels: torch.Tensor                 # (B,) true labels
-    targets: torch.Tensor                # (B,) explained class (prediction or label)
+    x: torch.Tensor  # (B, 3, H, W) normalised
+    labels: torch.Tensor  # (B,) true labels
+    targets: torch.Tensor  # (B,) explained class (prediction or label)
     ids: List[str]
-    probs: torch.Tensor                  # (B, C) clean probabilities
+    probs: torch.Tensor  # (B, C) clean probabilities
     masks: Optional[torch.Tensor] = None  # (B, H, W) bool ground-truth object masks
 
     def __len__(self) -> int:
@@ -67,7 +68,7 @@ class EvalContext:
     seed: int = 0
     cardinalities: Optional[int | Sequence[int]] = None
     n_masks: Optional[int] = None
-    distractors: Optional[torch.Tensor] = None   # pool of normalised training images (distractor removal)
+    distractors: Optional[torch.Tensor] = None  # pool of normalised training images (distractor removal)
 
     def ks(self, n_patches: int, default: Optional[int | Sequence[int]] = None) -> torch.Tensor:
         """The cardinalities evaluated: every k in 1..N (``"all"`` or None), ``count`` evenly spaced
@@ -86,9 +87,11 @@ class EvalContext:
 
 @dataclass
 class MetricResult:
-    scores: Dict[str, torch.Tensor] = field(default_factory=dict)                         # name → (B,)
-    curves: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)    # name → x (K,), y (B, K)
-    states: Dict[str, torch.Tensor] = field(default_factory=dict)                         # name → (B, S)
+    scores: Dict[str, torch.Tensor] = field(default_factory=dict)  # name → (B,)
+    curves: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict
+    )  # name → x (K,), y (B, K)
+    states: Dict[str, torch.Tensor] = field(default_factory=dict)  # name → (B, S)
 
 
 Explain = Callable[[torch.Tensor], Attribution]
@@ -98,7 +101,7 @@ class Metric:
     name: ClassVar[str] = ""
     provides: ClassVar[Tuple[str, ...]] = ()
     directions: ClassVar[Dict[str, str]] = {}
-    labels: ClassVar[Dict[str, str]] = {}        # display names, e.g. {"r_mif": "R-MIF"}
+    labels: ClassVar[Dict[str, str]] = {}  # display names, e.g. {"r_mif": "R-MIF"}
     needs_masks: ClassVar[bool] = False
     needs_removal: ClassVar[bool] = False
     needs_second_label: ClassVar[bool] = False
@@ -111,8 +114,10 @@ class Metric:
             raise UserError(f"unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise UserError(f"metric '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
-                            f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}")
+            raise UserError(
+                f"metric '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
+                f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}"
+            )
         self.preset = preset
         self.params: Dict[str, Any] = {**self.defaults, **self.presets.get(preset, {}), **params}
 
@@ -125,8 +130,9 @@ class Metric:
             return f"{self.name} needs ground-truth masks; the dataset has none"
         return None
 
-    def compute(self, ctx: EvalContext, batch: Batch, attribution: Attribution,
-                explain: Optional[Explain] = None) -> MetricResult:
+    def compute(
+        self, ctx: EvalContext, batch: Batch, attribution: Attribution, explain: Optional[Explain] = None
+    ) -> MetricResult:
         """Per-image results of one batch. ``explain(targets)`` re-runs the method being scored
         for other target classes (completeness/soundness explain the second label)."""
         raise NotImplementedError

@@ -27,6 +27,7 @@ We follow the appendix's reported behaviour; ``labels="worst"`` keeps SPEC's wor
 The raw scores score(x, a₁), score(x, a₂) are reported as ``cs_score_a1`` / ``cs_score_a2``.
 The ``quick`` preset uses 1 distractor draw per input instead of 10.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,12 +57,22 @@ def top_fraction_scores(adapter, x, maps, targets, ids, removal, fractions, seed
 class CompletenessSoundness(Metric):
     provides = ("completeness", "soundness", "cs_score_a1", "cs_score_a2")
     directions = {"completeness": UP, "soundness": UP}
-    labels = {"completeness": "Compl.", "soundness": "Sound.", "cs_score_a1": "CS-score(a1)",
-              "cs_score_a2": "CS-score(a2)"}
+    labels = {
+        "completeness": "Compl.",
+        "soundness": "Sound.",
+        "cs_score_a1": "CS-score(a1)",
+        "cs_score_a2": "CS-score(a2)",
+    }
     needs_second_label = True
     needs_distractors = True
-    defaults = {"fractions": (0.2, 0.3, 0.4, 0.5, 0.6), "eps1": 0.0, "eps2": 0.1, "removal": "distractor",
-                "n_draws": 10, "labels": "mean"}
+    defaults = {
+        "fractions": (0.2, 0.3, 0.4, 0.5, 0.6),
+        "eps1": 0.0,
+        "eps2": 0.1,
+        "removal": "distractor",
+        "n_draws": 10,
+        "labels": "mean",
+    }
     presets = {"quick": {"n_draws": 1}}
 
     def removal(self, ctx) -> Removal:
@@ -72,8 +83,10 @@ class CompletenessSoundness(Metric):
         if strategy == "distractor":
             pool = ctx.distractors if ctx.distractors is not None else ctx.removal.distractors
             if pool is None:
-                raise UserError("completeness with removal 'distractor' needs a pool of training images "
-                                "(EvalContext.distractors)")
+                raise UserError(
+                    "completeness with removal 'distractor' needs a pool of training images "
+                    "(EvalContext.distractors)"
+                )
         return Removal(strategy, n_draws=int(self.params["n_draws"]), seed=ctx.seed, distractors=pool)
 
     def compute(self, ctx, batch, attribution, explain=None):
@@ -83,8 +96,8 @@ class CompletenessSoundness(Metric):
             raise UserError(f"completeness labels rule '{rule}' is not valid. Valid: worst, mean")
         fractions = [float(s) for s in self.params["fractions"]]
         top2 = batch.probs.topk(2, dim=1)
-        labels = top2.indices.T.to(batch.x.device)           # (2, B): a1, a2
-        p_clean = top2.values.T.to(batch.x.device)           # (2, B)
+        labels = top2.indices.T.to(batch.x.device)  # (2, B): a1, a2
+        p_clean = top2.values.T.to(batch.x.device)  # (2, B)
         complete, sound, raw = [], [], []
         for j in range(2):
             a = labels[j]
@@ -95,13 +108,19 @@ class CompletenessSoundness(Metric):
             else:
                 attr = explain(a)
             maps = pixel_maps(attr, ctx.adapter.input_size).to(batch.x.device)
-            score, _ = top_fraction_scores(ctx.adapter, batch.x, maps, a, batch.ids, removal, fractions, ctx.seed)
+            score, _ = top_fraction_scores(
+                ctx.adapter, batch.x, maps, a, batch.ids, removal, fractions, ctx.seed
+            )
             complete.append(score >= (1 - float(self.params["eps1"])) * p_clean[j])
             sound.append(score <= (1 + float(self.params["eps2"])) * p_clean[j])
             raw.append(score)
         if rule == "worst":
             comp, snd = (complete[0] & complete[1]).float(), (sound[0] & sound[1]).float()
         else:
-            comp, snd = (complete[0].float() + complete[1].float()) / 2, (sound[0].float() + sound[1].float()) / 2
-        return MetricResult(scores={"completeness": comp, "soundness": snd,
-                                    "cs_score_a1": raw[0], "cs_score_a2": raw[1]})
+            comp, snd = (
+                (complete[0].float() + complete[1].float()) / 2,
+                (sound[0].float() + sound[1].float()) / 2,
+            )
+        return MetricResult(
+            scores={"completeness": comp, "soundness": snd, "cs_score_a1": raw[0], "cs_score_a2": raw[1]}
+        )

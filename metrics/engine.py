@@ -6,6 +6,7 @@ removal operation) in chunks along M so that the pixel masks and filled inputs o
 stay within a memory budget. ``drop`` needs only the patch masks and the adapter already
 groups them by cardinality (compute ∝ kept tokens), so it runs in one call.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -15,11 +16,17 @@ import torch
 from xaibench.removal import Removal
 
 #: bound on the elements of the pixel keep-masks materialised by one ``masked_probs`` call
-PIXEL_MASK_BUDGET = 2 ** 24
+PIXEL_MASK_BUDGET = 2**24
 
 
-def removal_probs(adapter, x: torch.Tensor, keep: torch.Tensor, removal: Removal, ids: Sequence[str],
-                  targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+def removal_probs(
+    adapter,
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    removal: Removal,
+    ids: Sequence[str],
+    targets: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Probabilities with the parts outside ``keep`` removed.
 
     Args:
@@ -36,6 +43,8 @@ def removal_probs(adapter, x: torch.Tensor, keep: torch.Tensor, removal: Removal
         return adapter.masked_probs(x, keep, removal, ids=ids, target=targets)
     pixels = B * adapter.input_size[0] * adapter.input_size[1] * removal.draws
     step = max(1, PIXEL_MASK_BUDGET // pixels)
-    parts = [adapter.masked_probs(x, keep[:, s: s + step], removal, ids=ids, target=targets)
-             for s in range(0, M, step)]
+    parts = [
+        adapter.masked_probs(x, keep[:, s : s + step], removal, ids=ids, target=targets)
+        for s in range(0, M, step)
+    ]
     return torch.cat(parts, dim=1)

@@ -8,6 +8,7 @@ The unit is the pixel (pixel-level map; patch maps upsampled) for filling strate
 patch (patch-pooled map) for ``drop``, which can only remove whole tokens (``unit="auto"``);
 ``unit`` may force either where the strategy allows. The curve (fraction, accuracy) is kept.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,15 +51,29 @@ class Fidelity(Metric):
         if unit == "auto":
             unit = "patch" if ctx.removal.strategy == "drop" else "pixel"
         if unit == "pixel" and ctx.removal.strategy == "drop":
-            raise UserError("fidelity unit 'pixel' cannot use removal 'drop' (it removes whole patches): "
-                            "use unit patch or removal mean, blur or distractor")
+            raise UserError(
+                "fidelity unit 'pixel' cannot use removal 'drop' (it removes whole patches): "
+                "use unit patch or removal mean, blur or distractor"
+            )
         fractions = [float(f) for f in self.params["fractions"]]
         if unit == "patch":
             maps, shape = attribution.patch_scores(ctx.adapter.grid), None
         else:
             maps, shape = pixel_maps(attribution, ctx.adapter.input_size), ctx.adapter.input_size
-        correct = removal_accuracy(ctx.adapter, batch.x, maps.to(batch.x.device), batch.labels, batch.ids,
-                                   ctx.removal, fractions, ctx.seed, shape).float() * 100
+        correct = (
+            removal_accuracy(
+                ctx.adapter,
+                batch.x,
+                maps.to(batch.x.device),
+                batch.labels,
+                batch.ids,
+                ctx.removal,
+                fractions,
+                ctx.seed,
+                shape,
+            ).float()
+            * 100
+        )
         scores = {f"fidelity_{round(100 * f):02d}": correct[:, j] for j, f in enumerate(fractions)}
         return MetricResult(scores=scores, curves={"fidelity": (torch.tensor(fractions), correct)})
 

@@ -7,6 +7,7 @@ last bin); MI = Σ p(b, m) log(p(b, m) / (p(b) p(m))) over pixels, the plug-in e
 ``sklearn.metrics.mutual_info_score`` computes. The "MI / MI(IG)" ratio of dataset means is a
 leaderboard column (it needs Integrated Gradients in the same run), built from these scores.
 """
+
 from __future__ import annotations
 
 import torch

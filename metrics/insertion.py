@@ -8,6 +8,7 @@ and the rest removed; the score is the mean over k of the target probability p_c
 The ``quick`` preset evaluates 8 evenly spaced k (k = 1 and N included) instead of all N; the
 run's ``--cardinalities`` overrides either preset. ``settings()`` records the choice.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ def insertion_curves(adapter, x, scores, targets, ids, removal, ks, seed):
     mif_keep = keep_first(ranked_order(scores, ids, seed, descending=True), ks)
     lif_keep = keep_first(ranked_order(scores, ids, seed, descending=False), ks)
     probs = removal_probs(adapter, x, torch.cat([mif_keep, lif_keep], dim=1), removal, ids, targets)
-    return probs[:, : len(ks)], probs[:, len(ks):]
+    return probs[:, : len(ks)], probs[:, len(ks) :]
 
 
 @register_metric("srg")
@@ -31,16 +32,19 @@ class InsertionMetrics(Metric):
     directions = {"mif": UP, "lif": DOWN, "srg": UP}
     labels = {"mif": "MIF", "lif": "LIF", "srg": "SRG"}
     needs_removal = True
-    defaults = {"cardinalities": None}            # None = every k = 1..N (Algorithm 1)
+    defaults = {"cardinalities": None}  # None = every k = 1..N (Algorithm 1)
     presets = {"quick": {"cardinalities": 8}}
 
     def compute(self, ctx, batch, attribution, explain=None):
         n = ctx.adapter.num_patches
         ks = ctx.ks(n, self.params["cardinalities"])
         scores = attribution.patch_scores(ctx.adapter.grid).to(batch.x.device)
-        mif, lif = insertion_curves(ctx.adapter, batch.x, scores, batch.targets, batch.ids, ctx.removal, ks,
-                                    ctx.seed)
+        mif, lif = insertion_curves(
+            ctx.adapter, batch.x, scores, batch.targets, batch.ids, ctx.removal, ks, ctx.seed
+        )
         frac = ks.float() / n
         mif_s, lif_s = 100 * mif.mean(1), 100 * lif.mean(1)
-        return MetricResult(scores={"mif": mif_s, "lif": lif_s, "srg": mif_s - lif_s},
-                            curves={"mif": (frac, 100 * mif), "lif": (frac, 100 * lif)})
+        return MetricResult(
+            scores={"mif": mif_s, "lif": lif_s, "srg": mif_s - lif_s},
+            curves={"mif": (frac, 100 * mif), "lif": (frac, 100 * lif)},
+        )

@@ -7,6 +7,7 @@ zeros) and binarised as S > τ for τ_j = j/T, j = 0..T−1 (T = 100); IoU(τ) =
 the ground-truth mask as map score 100. The per-image curve (τ, IoU ×100) is kept for plots.
 An empty mask gives NaN.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,7 @@ def iou_curve(maps: torch.Tensor, masks: torch.Tensor, n_thresholds: int = 100):
     s = minmax(maps.float())
     taus = torch.arange(n_thresholds, device=maps.device, dtype=torch.float32) / n_thresholds
     iou = torch.empty(maps.shape[0], n_thresholds, device=maps.device)
-    for j, tau in enumerate(taus):           # T small passes, each batched over images and pixels
+    for j, tau in enumerate(taus):  # T small passes, each batched over images and pixels
         sel = s > tau
         inter = (sel & masks).sum(1).float()
         union = (sel | masks).sum(1).float()

@@ -12,6 +12,7 @@ The map is taken at pixel level (patch maps upsampled, nearest) against the grou
 An empty mask, or (RMA) a map without positive relevance, gives NaN — never 0; the
 leaderboard counts NaNs per cell (``n_nan``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,9 @@ def relevance_mass_accuracy(maps: torch.Tensor, masks: torch.Tensor) -> torch.Te
     total = pos.sum(1)
     inside = (pos * masks).sum(1)
     ok = (total > 0) & masks.any(1)
-    return torch.where(ok, inside / torch.where(ok, total, torch.ones_like(total)), torch.full_like(total, NAN))
+    return torch.where(
+        ok, inside / torch.where(ok, total, torch.ones_like(total)), torch.full_like(total, NAN)
+    )
 
 
 def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -56,5 +59,9 @@ class RelevanceAccuracy(Metric):
     def compute(self, ctx, batch, attribution, explain=None):
         masks = batch.masks.flatten(1).bool()
         maps = pixel_maps(attribution, batch.masks.shape[-2:]).to(masks.device)
-        return MetricResult(scores={"rma": 100 * relevance_mass_accuracy(maps, masks),
-                                    "rra": 100 * relevance_rank_accuracy(maps, masks)})
+        return MetricResult(
+            scores={
+                "rma": 100 * relevance_mass_accuracy(maps, masks),
+                "rra": 100 * relevance_rank_accuracy(maps, masks),
+            }
+        )

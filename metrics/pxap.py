@@ -11,6 +11,7 @@ down). Dataset-level: each image contributes its two histograms as its *state*; 
 sums any set of states (streamable; bootstrappable over images). COMET's own 20-threshold
 variant is not used.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,7 @@ def pxap_from_histograms(states: torch.Tensor) -> float:
     """PxAP ×100 from summed states (N, 2T); NaN if there is no mask pixel."""
     T = states.shape[1] // 2
     hist = states.double().sum(0)
-    tp = hist[:T].flip(0).cumsum(0)      # thresholds from high to low
+    tp = hist[:T].flip(0).cumsum(0)  # thresholds from high to low
     fp = hist[T:].flip(0).cumsum(0)
     n_pos = hist[:T].sum()
     if n_pos <= 0:

@@ -3,6 +3,7 @@
 Ties are broken by a random permutation seeded by (seed, image id, purpose), so an image's
 ranking does not depend on its batch.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -12,14 +13,16 @@ import torch
 from xaibench.seeding import generator
 
 
-def seeded_permutations(ids: Sequence[str], n: int, seed: int, purpose: str,
-                        device: torch.device | str = "cpu") -> torch.Tensor:
+def seeded_permutations(
+    ids: Sequence[str], n: int, seed: int, purpose: str, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """One random permutation of ``n`` per image id: (B, n) long."""
     return torch.stack([torch.randperm(n, generator=generator(seed, i, purpose)) for i in ids]).to(device)
 
 
-def ranked_order(scores: torch.Tensor, ids: Sequence[str], seed: int, descending: bool,
-                 purpose: str = "tie-break") -> torch.Tensor:
+def ranked_order(
+    scores: torch.Tensor, ids: Sequence[str], seed: int, descending: bool, purpose: str = "tie-break"
+) -> torch.Tensor:
     """Indices (B, n) sorting ``scores`` (B, n); equal scores in a random order seeded per image."""
     perm = seeded_permutations(ids, scores.shape[1], seed, purpose, scores.device)
     order = scores.gather(1, perm).argsort(dim=1, descending=descending, stable=True)
@@ -37,8 +40,9 @@ def minmax(values: torch.Tensor) -> torch.Tensor:
     lo = values.min(dim=1, keepdim=True).values
     hi = values.max(dim=1, keepdim=True).values
     span = hi - lo
-    return torch.where(span > 0, (values - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                       torch.zeros_like(values))
+    return torch.where(
+        span > 0, (values - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(values)
+    )
 
 
 def pixel_maps(attribution, size) -> torch.Tensor:

@@ -11,6 +11,7 @@ spaced k and 2 masks per k (unbiased, noisier: 21 forwards per image instead of 
 64-patch default ViT). The run's ``--cardinalities`` / ``--n-masks`` override either;
 ``settings()`` records the preset's values.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ from .engine import removal_probs
 from .sampling import sampling_weights, weighted_subsets
 
 #: bound on the keep-mask elements built at once (chunks of cardinalities)
-MASK_ELEMENTS = 2 ** 24
+MASK_ELEMENTS = 2**24
 
 
 def relative_curves(adapter, x, scores, targets, ids, removal, ks, n_masks, seed):
@@ -33,15 +34,16 @@ def relative_curves(adapter, x, scores, targets, ids, removal, ks, n_masks, seed
     out = {name: [] for name in w}
     step = max(1, MASK_ELEMENTS // max(1, B * n_masks * P * 2))
     for s in range(0, len(sampled), step):
-        kc = sampled[s: s + step]
+        kc = sampled[s : s + step]
         keeps = [weighted_subsets(w[name], kc, n_masks, ids, seed, name).reshape(B, -1, P) for name in w]
         probs = removal_probs(adapter, x, torch.cat(keeps, dim=1), removal, ids, targets)
         probs = probs.view(B, 2, len(kc), n_masks).mean(3)
         for j, name in enumerate(w):
             out[name].append(probs[:, j])
     if len(sampled) < len(ks):  # k = N: every patch kept, one evaluation
-        full = removal_probs(adapter, x, torch.ones(B, 1, P, dtype=torch.bool, device=x.device), removal, ids,
-                             targets)
+        full = removal_probs(
+            adapter, x, torch.ones(B, 1, P, dtype=torch.bool, device=x.device), removal, ids, targets
+        )
         for name in w:
             out[name].append(full)
     return {name: torch.cat(v, dim=1) for name, v in out.items()}
@@ -63,9 +65,12 @@ class RelativeInsertionMetrics(Metric):
         if n_masks < 1:
             raise UserError(f"n_masks must be ≥ 1, got {n_masks}")
         scores = attribution.patch_scores(ctx.adapter.grid).to(batch.x.device)
-        curves = relative_curves(ctx.adapter, batch.x, scores, batch.targets, batch.ids, ctx.removal, ks, n_masks,
-                                 ctx.seed)
+        curves = relative_curves(
+            ctx.adapter, batch.x, scores, batch.targets, batch.ids, ctx.removal, ks, n_masks, ctx.seed
+        )
         frac = ks.float() / n
         mif, lif = 100 * curves["r_mif"].mean(1), 100 * curves["r_lif"].mean(1)
-        return MetricResult(scores={"r_mif": mif, "r_lif": lif, "r_srg": mif - lif},
-                            curves={"r_mif": (frac, 100 * curves["r_mif"]), "r_lif": (frac, 100 * curves["r_lif"])})
+        return MetricResult(
+            scores={"r_mif": mif, "r_lif": lif, "r_srg": mif - lif},
+            curves={"r_mif": (frac, 100 * curves["r_mif"]), "r_lif": (frac, 100 * curves["r_lif"])},
+        )

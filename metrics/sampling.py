@@ -8,6 +8,7 @@ subset only when k exceeds the number of positive weights. Every draw comes from
 seeded by (seed, image id, purpose, k), so an image's subsets do not depend on its batch or on
 which other cardinalities are evaluated.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -25,15 +26,26 @@ def sampling_weights(phi: torch.Tensor, most_relevant_first: bool = True) -> tor
     w = minmax(phi)
     if not most_relevant_first:
         w = 1 - w
-    constant = (phi.max(dim=1, keepdim=True).values == phi.min(dim=1, keepdim=True).values)
+    constant = phi.max(dim=1, keepdim=True).values == phi.min(dim=1, keepdim=True).values
     return torch.where(constant, torch.ones_like(w), w)
 
 
-def gumbel_noise(ids: Sequence[str], ks: Sequence[int], n: int, p: int, seed: int, purpose: str,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+def gumbel_noise(
+    ids: Sequence[str],
+    ks: Sequence[int],
+    n: int,
+    p: int,
+    seed: int,
+    purpose: str,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Standard Gumbel noise (B, K, n, P), one seeded generator per (image, k)."""
-    u = torch.stack([torch.stack([torch.rand(n, p, generator=generator(seed, i, purpose, int(k))) for k in ks])
-                     for i in ids]).to(device)
+    u = torch.stack(
+        [
+            torch.stack([torch.rand(n, p, generator=generator(seed, i, purpose, int(k))) for k in ks])
+            for i in ids
+        ]
+    ).to(device)
     tiny = torch.finfo(u.dtype).tiny
     return -torch.log(-torch.log(u.clamp_min(tiny)))
 
@@ -48,7 +60,9 @@ def gumbel_top_k(weights: torch.Tensor, noise: torch.Tensor, sizes: torch.Tensor
     logw = torch.where(weights > 0, weights, torch.ones_like(weights)).log()
     keys = torch.where(positive, logw + noise, noise)
     order = keys.argsort(dim=-1, descending=True)
-    order = order.gather(-1, positive.gather(-1, order).to(torch.uint8).argsort(dim=-1, descending=True, stable=True))
+    order = order.gather(
+        -1, positive.gather(-1, order).to(torch.uint8).argsort(dim=-1, descending=True, stable=True)
+    )
     return order.argsort(dim=-1) < sizes.to(order.device)[..., None]
 
 
@@ -59,8 +73,9 @@ def subsets_from_keys(weights: torch.Tensor, noise: torch.Tensor, ks: torch.Tens
     return gumbel_top_k(weights[:, None, None, :], noise, sizes)
 
 
-def weighted_subsets(weights: torch.Tensor, ks: torch.Tensor, n: int, ids: Sequence[str], seed: int,
-                     purpose: str) -> torch.Tensor:
+def weighted_subsets(
+    weights: torch.Tensor, ks: torch.Tensor, n: int, ids: Sequence[str], seed: int, purpose: str
+) -> torch.Tensor:
     """``n`` subsets of each size k in ``ks`` per image, drawn ∝ ``weights`` (B, P) without
     replacement: boolean keep masks (B, K, n, P)."""
     noise = gumbel_noise(ids, ks.tolist(), n, weights.shape[1], seed, purpose, weights.device)

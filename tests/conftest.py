@@ -4,6 +4,7 @@ Tests use these instead of the trained default models so the suite stays fast; a
 that needs a model that *knows* its task trains the tiny one for a few seconds
 (``tiny_trained_vit``) or builds a hand-set model.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -16,14 +17,31 @@ SYNTH_MEAN = (0.5, 0.5, 0.5)
 SYNTH_STD = (0.25, 0.25, 0.25)
 
 
-def make_tiny_vit(seed: int = 0, img: int = 32, patch: int = 8, reg_tokens: int = 2, num_classes: int = 10,
-                  depth: int = 2, embed_dim: int = 32, heads: int = 2) -> ModelAdapter:
+def make_tiny_vit(
+    seed: int = 0,
+    img: int = 32,
+    patch: int = 8,
+    reg_tokens: int = 2,
+    num_classes: int = 10,
+    depth: int = 2,
+    embed_dim: int = 32,
+    heads: int = 2,
+) -> ModelAdapter:
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(seed)
-    model = VisionTransformer(img_size=img, patch_size=patch, embed_dim=embed_dim, depth=depth,
-                              num_heads=heads, mlp_ratio=2.0, reg_tokens=reg_tokens, no_embed_class=True,
-                              global_pool="token", num_classes=num_classes)
+    model = VisionTransformer(
+        img_size=img,
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=2.0,
+        reg_tokens=reg_tokens,
+        no_embed_class=True,
+        global_pool="token",
+        num_classes=num_classes,
+    )
     return ModelAdapter(model, mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(img, img), name="tiny_vit")
 
 
@@ -31,10 +49,12 @@ def make_tiny_cnn(seed: int = 0, img: int = 32, num_classes: int = 10) -> ModelA
     from timm.models.resnet import BasicBlock, ResNet
 
     torch.manual_seed(seed)
-    model = ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 32), stem_width=8,
-                   num_classes=num_classes)
-    return ModelAdapter(model, mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(img, img), patch_size=8,
-                        name="tiny_cnn")
+    model = ResNet(
+        block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 32), stem_width=8, num_classes=num_classes
+    )
+    return ModelAdapter(
+        model, mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(img, img), patch_size=8, name="tiny_cnn"
+    )
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 Loaded by the tests with ``--plugin plugin_tiny`` (tests/ is on ``sys.path`` under pytest and
 is added to ``PYTHONPATH`` for the subprocess tests).
 """
+
 import torch
 
 from xaibench.attribution import Attribution
@@ -14,9 +15,22 @@ from xaibench.registry import MODELS
 @MODELS.register("tiny_test_vit", overwrite=True)
 def tiny_test_vit() -> ClassifierRecipe:
     """One-block ViT for synthetic, trained for one epoch on 256 images (tests only)."""
-    return ClassifierRecipe("vit", dict(patch_size=16, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0,
-                                        reg_tokens=2, no_embed_class=True, global_pool="token"),
-                            dataset_options=dict(n_train=256, n_val=64, n_test=64), epochs=1, batch_size=64)
+    return ClassifierRecipe(
+        "vit",
+        dict(
+            patch_size=16,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            mlp_ratio=2.0,
+            reg_tokens=2,
+            no_embed_class=True,
+            global_pool="token",
+        ),
+        dataset_options=dict(n_train=256, n_val=64, n_test=64),
+        epochs=1,
+        batch_size=64,
+    )
 
 
 @register_method("grad_x_input_test", overwrite=True)

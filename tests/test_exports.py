@@ -1,5 +1,6 @@
 """Exports: bold/second/arrows by direction, the † marker, column groups, escaping, a LaTeX
 table that compiles (pdflatex when installed; a structural check always), tidy CSV, JSON, CLI."""
+
 from __future__ import annotations
 
 import io
@@ -10,29 +11,32 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+from test_leaderboard import make_run
 
 from xaibench.cli import main
 from xaibench.exports import latex_escape, render, to_latex, to_markdown
 from xaibench.leaderboard import leaderboard
-
-from test_leaderboard import make_run
 
 
 def _three_methods(tmp_path, name="r", model="m1", **kw):
     rng = np.random.default_rng(0)
     base = rng.normal(0, 1, 40)
     base -= base.mean()
-    values = {"a": {"lif": 10 + base, "mif": 50 + base},
-              "b": {"lif": 20 + base + rng.normal(0, .1, 40), "mif": 70 + base},
-              "c": {"lif": 30 + base, "mif": 60 + base}}
+    values = {
+        "a": {"lif": 10 + base, "mif": 50 + base},
+        "b": {"lif": 20 + base + rng.normal(0, 0.1, 40), "mif": 70 + base},
+        "c": {"lif": 30 + base, "mif": 60 + base},
+    }
     return make_run(tmp_path, name, values, model=model, **kw)
 
 
 def _md_cells(text):
     lines = [line for line in text.splitlines() if line.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {r[0]: dict(zip(head[1:], r[1:])) for r in
-            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    rows = {
+        r[0]: dict(zip(head[1:], r[1:]))
+        for r in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    }
     return head, rows
 
 
@@ -40,10 +44,10 @@ def test_markdown_bold_second_and_arrows_follow_direction(tmp_path):
     t, runs = leaderboard([_three_methods(tmp_path)])
     head, rows = _md_cells(to_markdown(t, runs_info=runs))
     assert head == ["Method", "MIF ↑", "LIF ↓"]
-    assert rows["A"]["LIF ↓"].startswith("**10.")          # ↓: minimum bold
-    assert rows["B"]["LIF ↓"].startswith("_20.")           # second in italics
+    assert rows["A"]["LIF ↓"].startswith("**10.")  # ↓: minimum bold
+    assert rows["B"]["LIF ↓"].startswith("_20.")  # second in italics
     assert rows["C"]["LIF ↓"].startswith("30.")
-    assert rows["B"]["MIF ↑"].startswith("**70.")          # ↑: maximum bold
+    assert rows["B"]["MIF ↑"].startswith("**70.")  # ↑: maximum bold
     assert rows["C"]["MIF ↑"].startswith("_60.")
     assert " ± " in rows["A"]["LIF ↓"]
     _, rows = _md_cells(to_markdown(t, ci=False))
@@ -84,15 +88,25 @@ def test_two_runs_make_two_column_groups(tmp_path):
     assert r"\cmidrule(lr){2-3} \cmidrule(lr){4-5}" in tex
     assert r"\begin{tabular}{lcccc}" in tex
     head, rows = _md_cells(to_markdown(t))
-    assert head == ["Method", "synthetic / m1 · MIF ↑", "synthetic / m1 · LIF ↓", "synthetic / m2 · MIF ↑",
-                    "synthetic / m2 · LIF ↓"]
+    assert head == [
+        "Method",
+        "synthetic / m1 · MIF ↑",
+        "synthetic / m1 · LIF ↓",
+        "synthetic / m2 · MIF ↑",
+        "synthetic / m2 · LIF ↓",
+    ]
     assert len(rows["A"]) == 4
 
 
 def test_latex_escapes_names(tmp_path):
     assert latex_escape("grad_x_input 50% & #1 {x} $") == r"grad\_x\_input 50\% \& \#1 \{x\} \$"
-    d = make_run(tmp_path, "r", {"my_method": {"srg": np.arange(5.0)}, "b": {"srg": np.arange(5.0) - 1}},
-                 labels={"my_method": "My_Method 10%", "b": "B#2 & co"}, dataset="pets_v2")
+    d = make_run(
+        tmp_path,
+        "r",
+        {"my_method": {"srg": np.arange(5.0)}, "b": {"srg": np.arange(5.0) - 1}},
+        labels={"my_method": "My_Method 10%", "b": "B#2 & co"},
+        dataset="pets_v2",
+    )
     tex = to_latex(leaderboard([d])[0])
     assert r"My\_Method 10\%" in tex and r"B\#2 \& co" in tex and r"pets\_v2" in tex
     body = tex.split(r"\begin{tabular}")[1].split(r"\end{tabular}")[0]
@@ -119,21 +133,33 @@ def _structure_ok(tex: str) -> None:
 
 
 def test_latex_structure_and_compiles(tmp_path):
-    d1 = make_run(tmp_path, "r1", {"saliency_x": {"srg": np.arange(6.0), "lif": -np.arange(6.0)},
-                                   "comet": {"srg": np.arange(6.0) + .5, "lif": np.arange(6.0)},
-                                   "random": {"srg": np.zeros(6), "lif": np.ones(6)}},
-                  labels={"saliency_x": "Grad × Input_1 % #", "comet": "COMET"}, own=("comet",),
-                  skipped={"gradcam": "gradcam needs a CNN & co"})
+    d1 = make_run(
+        tmp_path,
+        "r1",
+        {
+            "saliency_x": {"srg": np.arange(6.0), "lif": -np.arange(6.0)},
+            "comet": {"srg": np.arange(6.0) + 0.5, "lif": np.arange(6.0)},
+            "random": {"srg": np.zeros(6), "lif": np.ones(6)},
+        },
+        labels={"saliency_x": "Grad × Input_1 % #", "comet": "COMET"},
+        own=("comet",),
+        skipped={"gradcam": "gradcam needs a CNN & co"},
+    )
     d2 = _three_methods(tmp_path, "r2", "vit_small_patch16_224.augreg_in21k")
     t, runs = leaderboard([d1, d2])
     tex = to_latex(t, runs_info=runs, standalone=True)
     _structure_ok(tex)
     assert r"COMET$^{*}$" in tex
     if shutil.which("pdflatex") is None:
-        return                                        # the structural check above is the test here
+        return  # the structural check above is the test here
     (tmp_path / "t.tex").write_text(tex)
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "t.pdf").stat().st_size > 1000
 
@@ -154,12 +180,18 @@ def test_csv_is_tidy_and_json_has_everything(tmp_path):
     assert len(doc["rows"]) == 8 and doc["statistics"]["correction"] == "holm"
     assert [r["run_id"] for r in doc["runs"]] == ["r1", "r2"]
     assert doc["runs"][0]["config"]["versions"] == {"xaibench": "test"}
-    assert all(r["p_holm"] is None or isinstance(r["p_holm"], float) for r in doc["rows"])   # NaN → null
+    assert all(r["p_holm"] is None or isinstance(r["p_holm"], float) for r in doc["rows"])  # NaN → null
 
 
 def test_own_model_marker_and_notes(tmp_path):
-    d = make_run(tmp_path, "r", {"comet": {"srg": np.arange(4.0)}, "a": {"srg": np.arange(4.0)}}, own=("comet",),
-                 labels={"comet": "COMET"}, skipped={"gradcam": "gradcam needs a CNN"})
+    d = make_run(
+        tmp_path,
+        "r",
+        {"comet": {"srg": np.arange(4.0)}, "a": {"srg": np.arange(4.0)}},
+        own=("comet",),
+        labels={"comet": "COMET"},
+        skipped={"gradcam": "gradcam needs a CNN"},
+    )
     t, runs = leaderboard([d])
     text = to_markdown(t, runs_info=runs)
     _, rows = _md_cells(text)
@@ -170,7 +202,10 @@ def test_own_model_marker_and_notes(tmp_path):
 def test_cli_leaderboard(tmp_path, capsys):
     d1, d2 = _three_methods(tmp_path, "r1", "m1"), _three_methods(tmp_path, "r2", "m2")
     out = tmp_path / "lb.tex"
-    assert main(["leaderboard", str(d1), str(d2), "--format", "latex", "--metrics", "lif", "--out", str(out)]) == 0
+    assert (
+        main(["leaderboard", str(d1), str(d2), "--format", "latex", "--metrics", "lif", "--out", str(out)])
+        == 0
+    )
     tex = out.read_text()
     assert tex.count(r"\multicolumn{1}{c}") == 2 and "MIF" not in tex
     assert main(["leaderboard", str(d1), "--format", "csv", "--methods", "a,b"]) == 0

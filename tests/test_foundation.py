@@ -1,4 +1,5 @@
 """Foundation: the removal operation, the attribution container, the seeded generators."""
+
 import pytest
 import torch
 
@@ -17,12 +18,13 @@ def _random_keep(B, M, P, seed=0):
 def test_drop_equals_attention_masking(tiny_vit):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     keep = _random_keep(3, 6, tiny_vit.num_patches)
-    keep[:, 0] = True     # all kept
+    keep[:, 0] = True  # all kept
     keep[:, 1, 1:] = False  # a single patch
     dropped = tiny_vit.masked_probs(x, keep, "drop")
     with torch.no_grad():
-        reference = torch.stack([tiny_vit.attention_mask_forward(x, keep[:, m]).softmax(-1)
-                                 for m in range(keep.shape[1])], 1)
+        reference = torch.stack(
+            [tiny_vit.attention_mask_forward(x, keep[:, m]).softmax(-1) for m in range(keep.shape[1])], 1
+        )
     assert dropped.shape == reference.shape == (3, 6, 10)
     torch.testing.assert_close(dropped, reference, atol=1e-5, rtol=0)
     # nothing removed = the clean prediction
@@ -35,8 +37,9 @@ def test_drop_is_differentiable_and_matches_masked_probs(tiny_vit):
     logits = tiny_vit.masked_logits(x, keep, "drop")
     logits.sum().backward()
     assert any(p.grad is not None for p in tiny_vit.model.parameters())
-    torch.testing.assert_close(logits.softmax(-1).detach(), tiny_vit.masked_probs(x, keep[:, None], "drop")[:, 0],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        logits.softmax(-1).detach(), tiny_vit.masked_probs(x, keep[:, None], "drop")[:, 0], atol=1e-5, rtol=0
+    )
 
 
 def test_drop_needs_a_vit(tiny_cnn):
@@ -52,7 +55,7 @@ def test_mean_fill_comes_from_the_clean_image(tiny_cnn):
     keep[:, 0, :8] = True
     probs = tiny_cnn.masked_probs(x, keep, "mean")
     pixels = tiny_cnn.patch_keep_to_pixels(keep[:, 0])
-    expected = torch.where(pixels[:, None], x, torch.zeros_like(x))   # 0 in normalised space = dataset mean
+    expected = torch.where(pixels[:, None], x, torch.zeros_like(x))  # 0 in normalised space = dataset mean
     torch.testing.assert_close(probs[:, 0], tiny_cnn.probs(expected).detach(), atol=1e-6, rtol=0)
     # the top half is the clean image, the bottom half exactly the mean
     assert pixels[:, :16].all() and not pixels[:, 16:].any()
@@ -74,12 +77,12 @@ def test_distractor_draws_are_seeded_by_image_id_and_averaged(tiny_cnn):
     f1 = removal.fill(torch.zeros(2, 3, 32, 32), ["a", "b"])
     f2 = removal.fill(torch.zeros(2, 3, 32, 32), ["b", "a"])
     assert f1.shape == (2, 4, 3, 32, 32)
-    torch.testing.assert_close(f1[0], f2[1])          # the draws follow the id, not the position
+    torch.testing.assert_close(f1[0], f2[1])  # the draws follow the id, not the position
     assert not torch.equal(f1[0], f1[1])
     x = torch.randn(2, 3, 32, 32)
     keep = torch.zeros(2, 1, 16, dtype=torch.bool)
     probs = tiny_cnn.masked_probs(x, keep, removal, ids=["a", "b"])
-    expected = tiny_cnn.probs(f1[0]).detach().mean(0)   # everything removed: mean over the 4 fills
+    expected = tiny_cnn.probs(f1[0]).detach().mean(0)  # everything removed: mean over the 4 fills
     torch.testing.assert_close(probs[0, 0], expected, atol=1e-6, rtol=0)
 
 

@@ -4,6 +4,7 @@ by direction, dataset-level metrics through ``aggregate``, MI / MI(IG), merging 
 ``make_run`` writes a run directory in the harness's layout from hand-chosen per-image values
 (the exports and plots tests use it too).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,44 @@ from scipy import stats
 
 from xaibench.errors import UserError
 from xaibench.io import save_torch, write_csv, write_json
-from xaibench.leaderboard import (bootstrap_indices, bootstrap_mean_ci, build_leaderboard, holm, leaderboard,
-                                  load_run, merge_runs)
+from xaibench.leaderboard import (
+    bootstrap_indices,
+    bootstrap_mean_ci,
+    build_leaderboard,
+    holm,
+    leaderboard,
+    load_run,
+    merge_runs,
+)
 from xaibench.seeding import generator
 
-DIRECTIONS = {"srg": "up", "lif": "down", "mif": "up", "mi": "up", "r_srg": "up", "r_mif": "up", "r_lif": "down"}
+DIRECTIONS = {
+    "srg": "up",
+    "lif": "down",
+    "mif": "up",
+    "mi": "up",
+    "r_srg": "up",
+    "r_mif": "up",
+    "r_lif": "down",
+}
 
 
-def make_run(root: Path, name: str, values: Dict[str, Dict[str, np.ndarray]], *, dataset: str = "synthetic",
-             model: str = "m1", labels: Optional[Dict[str, str]] = None, own: tuple = (),
-             states: Optional[Dict[str, Dict[str, torch.Tensor]]] = None, metrics_config: Optional[dict] = None,
-             curves: Optional[pd.DataFrame] = None, maps: Optional[Dict[str, torch.Tensor]] = None,
-             skipped: Optional[Dict[str, str]] = None, seed: int = 0) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    values: Dict[str, Dict[str, np.ndarray]],
+    *,
+    dataset: str = "synthetic",
+    model: str = "m1",
+    labels: Optional[Dict[str, str]] = None,
+    own: tuple = (),
+    states: Optional[Dict[str, Dict[str, torch.Tensor]]] = None,
+    metrics_config: Optional[dict] = None,
+    curves: Optional[pd.DataFrame] = None,
+    maps: Optional[Dict[str, torch.Tensor]] = None,
+    skipped: Optional[Dict[str, str]] = None,
+    seed: int = 0,
+) -> Path:
     """values[method][metric] = per-image values (image i has id synthetic-test-0000i)."""
     d = root / name
     d.mkdir(parents=True)
@@ -39,28 +66,55 @@ def make_run(root: Path, name: str, values: Dict[str, Dict[str, np.ndarray]], *,
         for metric, v in per_metric.items():
             n = max(n, len(v))
             for i, x in enumerate(v):
-                rows.append({"dataset": dataset, "model": model, "method": method, "image_id": f"{dataset}-test-{i:05d}",
-                             "target": i % 10, "metric": metric, "value": float(x)})
-    write_csv(d / "scores.csv", pd.DataFrame(rows, columns=["dataset", "model", "method", "image_id", "target",
-                                                            "metric", "value"]))
-    write_csv(d / "curves.csv", curves if curves is not None else pd.DataFrame(
-        columns=["dataset", "model", "method", "metric", "x", "value", "n"]))
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "method": method,
+                        "image_id": f"{dataset}-test-{i:05d}",
+                        "target": i % 10,
+                        "metric": metric,
+                        "value": float(x),
+                    }
+                )
+    write_csv(
+        d / "scores.csv",
+        pd.DataFrame(rows, columns=["dataset", "model", "method", "image_id", "target", "metric", "value"]),
+    )
+    write_csv(
+        d / "curves.csv",
+        curves
+        if curves is not None
+        else pd.DataFrame(columns=["dataset", "model", "method", "metric", "x", "value", "n"]),
+    )
     save_torch(d / "states.pt", states or {})
-    methods = {m: {"label": (labels or {}).get(m, m.capitalize()), "status": "done",
-                   "explains_own_model": m in own} for m in values}
+    methods = {
+        m: {"label": (labels or {}).get(m, m.capitalize()), "status": "done", "explains_own_model": m in own}
+        for m in values
+    }
     for m, reason in (skipped or {}).items():
         methods[m] = {"label": m, "status": "skipped", "reason": reason}
     used = {k for per in values.values() for k in per}
-    metrics = metrics_config or {k: {"provides": [k], "directions": {k: DIRECTIONS.get(k, "up")}, "settings": {}}
-                                 for k in used}
-    write_json(d / "config.json", {"run_id": name, "config": {"seed": seed, "dataset": dataset, "model": model,
-                                                              "n_images": n, "split": "test"},
-                                   "resolved": {"dataset": dataset, "model": model, "split": "test", "n_images": n},
-                                   "methods": methods, "metrics": metrics, "versions": {"xaibench": "test"}})
+    metrics = metrics_config or {
+        k: {"provides": [k], "directions": {k: DIRECTIONS.get(k, "up")}, "settings": {}} for k in used
+    }
+    write_json(
+        d / "config.json",
+        {
+            "run_id": name,
+            "config": {"seed": seed, "dataset": dataset, "model": model, "n_images": n, "split": "test"},
+            "resolved": {"dataset": dataset, "model": model, "split": "test", "n_images": n},
+            "methods": methods,
+            "metrics": metrics,
+            "versions": {"xaibench": "test"},
+        },
+    )
     for m, mp in (maps or {}).items():
         (d / "parts" / m).mkdir(parents=True)
-        save_torch(d / "parts" / m / "attributions.pt",
-                   {"ids": [f"{dataset}-test-{i:05d}" for i in range(len(mp))], "level": "patch", "maps": mp})
+        save_torch(
+            d / "parts" / m / "attributions.pt",
+            {"ids": [f"{dataset}-test-{i:05d}" for i in range(len(mp))], "level": "patch", "maps": mp},
+        )
     return d
 
 
@@ -79,12 +133,18 @@ def test_ci_of_a_constant_is_the_constant():
 def test_ci_matches_scipy_bootstrap_and_the_normal_closed_form():
     x = np.random.default_rng(1).normal(10.0, 2.0, size=400)
     lo, hi = bootstrap_mean_ci(x, generator(0, "t"), n_boot=8000)
-    ref = stats.bootstrap((x,), np.mean, n_resamples=8000, method="percentile", confidence_level=0.95,
-                          random_state=np.random.default_rng(2)).confidence_interval
-    se = x.std() / np.sqrt(len(x))            # the bootstrap's standard error (ddof = 0)
+    ref = stats.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=8000,
+        method="percentile",
+        confidence_level=0.95,
+        random_state=np.random.default_rng(2),
+    ).confidence_interval
+    se = x.std() / np.sqrt(len(x))  # the bootstrap's standard error (ddof = 0)
     z = stats.norm.ppf(0.975)
     for ours, theirs, closed in ((lo, ref.low, x.mean() - z * se), (hi, ref.high, x.mean() + z * se)):
-        assert abs(ours - theirs) < 0.06 * se * 2   # Monte Carlo error of two 8000-resample runs
+        assert abs(ours - theirs) < 0.06 * se * 2  # Monte Carlo error of two 8000-resample runs
         assert abs(ours - closed) < 0.15 * se
     assert hi - lo == pytest.approx(2 * z * se, rel=0.05)
 
@@ -115,6 +175,7 @@ def test_dataset_level_metric_bootstraps_states_through_aggregate(tmp_path, monk
 
     class SumRatio(Metric):
         """Σ hits / Σ totals over images (a dataset-level score)."""
+
         name = "test_sum_ratio"
         provides = ("test_sum_ratio",)
         directions = {"test_sum_ratio": "up"}
@@ -123,16 +184,23 @@ def test_dataset_level_metric_bootstraps_states_through_aggregate(tmp_path, monk
         def aggregate(self, name, states):
             return float(100 * states[:, 0].sum() / states[:, 1].sum())
 
-    METRICS.names()                               # built-ins loaded before the temporary entry
+    METRICS.names()  # built-ins loaded before the temporary entry
     monkeypatch.setitem(METRICS._entries, "test_sum_ratio", SumRatio)
     g = torch.Generator().manual_seed(3)
     totals = torch.randint(5, 20, (40,)).double()
     hits = (totals * torch.rand(40, generator=g)).round()
     st = torch.stack([hits, totals], 1)
-    cfg = {"test_sum_ratio": {"provides": ["test_sum_ratio"], "directions": {"test_sum_ratio": "up"},
-                              "settings": {"preset": "paper"}}, "srg": {"provides": ["srg"], "directions": {"srg": "up"}}}
-    d = make_run(tmp_path, "r", {"a": {"srg": np.zeros(40)}}, states={"a": {"test_sum_ratio": st}},
-                 metrics_config=cfg)
+    cfg = {
+        "test_sum_ratio": {
+            "provides": ["test_sum_ratio"],
+            "directions": {"test_sum_ratio": "up"},
+            "settings": {"preset": "paper"},
+        },
+        "srg": {"provides": ["srg"], "directions": {"srg": "up"}},
+    }
+    d = make_run(
+        tmp_path, "r", {"a": {"srg": np.zeros(40)}}, states={"a": {"test_sum_ratio": st}}, metrics_config=cfg
+    )
     row = _row(build_leaderboard(d), "a", "test_sum_ratio")
     assert row["mean"] == pytest.approx(100 * float(hits.sum() / totals.sum()))
     assert row["kind"] == "dataset" and row["n"] == 40
@@ -172,9 +240,17 @@ def test_wilcoxon_marker_tied_vs_significantly_worse(tmp_path):
     worse = best - 8 + rng.normal(0, 1, 60)
     tied = best.copy()
     tied[0] -= 0.5
-    tied[1] += 0.3                                  # differs on two images only, mean just below
-    d = make_run(tmp_path, "r", {"best": {"srg": best}, "worse": {"srg": worse}, "tied": {"srg": tied},
-                                 "random": {"srg": rng.normal(0, 1, 60)}})
+    tied[1] += 0.3  # differs on two images only, mean just below
+    d = make_run(
+        tmp_path,
+        "r",
+        {
+            "best": {"srg": best},
+            "worse": {"srg": worse},
+            "tied": {"srg": tied},
+            "random": {"srg": rng.normal(0, 1, 60)},
+        },
+    )
     t = build_leaderboard(d)
     assert _row(t, "best", "srg")["rank"] == 1 and not _row(t, "best", "srg")["tied_with_best"]
     assert _row(t, "tied", "srg")["rank"] == 2 and _row(t, "tied", "srg")["tied_with_best"]
@@ -182,19 +258,25 @@ def test_wilcoxon_marker_tied_vs_significantly_worse(tmp_path):
     assert w["rank"] == 3 and not w["tied_with_best"]
     p_worse = stats.wilcoxon(best, worse).pvalue
     p_tied = stats.wilcoxon(best, tied).pvalue
-    assert w["p_holm"] == pytest.approx(min(1, 2 * p_worse))             # Holm with two tests
+    assert w["p_holm"] == pytest.approx(min(1, 2 * p_worse))  # Holm with two tests
     assert _row(t, "tied", "srg")["p_holm"] == pytest.approx(max(min(1, 2 * p_worse), p_tied))
-    r = _row(t, "random", "srg")                                          # reference rows: shown, not ranked
+    r = _row(t, "random", "srg")  # reference rows: shown, not ranked
     assert np.isnan(r["rank"]) and np.isnan(r["p_holm"]) and r["reference"]
 
 
 def test_rank_follows_direction(tmp_path):
-    d = make_run(tmp_path, "r", {"a": {"lif": np.array([10.0, 12, 11]), "mif": np.array([50.0, 52, 51])},
-                                 "b": {"lif": np.array([20.0, 22, 21]), "mif": np.array([70.0, 72, 71])},
-                                 "c": {"lif": np.array([30.0, 32, 31]), "mif": np.array([60.0, 62, 61])}})
+    d = make_run(
+        tmp_path,
+        "r",
+        {
+            "a": {"lif": np.array([10.0, 12, 11]), "mif": np.array([50.0, 52, 51])},
+            "b": {"lif": np.array([20.0, 22, 21]), "mif": np.array([70.0, 72, 71])},
+            "c": {"lif": np.array([30.0, 32, 31]), "mif": np.array([60.0, 62, 61])},
+        },
+    )
     t = build_leaderboard(d)
-    assert [_row(t, m, "lif")["rank"] for m in "abc"] == [1, 2, 3]      # ↓: the minimum is best
-    assert [_row(t, m, "mif")["rank"] for m in "abc"] == [3, 1, 2]      # ↑: the maximum is best
+    assert [_row(t, m, "lif")["rank"] for m in "abc"] == [1, 2, 3]  # ↓: the minimum is best
+    assert [_row(t, m, "mif")["rank"] for m in "abc"] == [3, 1, 2]  # ↑: the maximum is best
 
 
 # --------------------------------------------------------------------------- runs
@@ -207,12 +289,18 @@ def test_merging_two_runs_gives_two_groups(tmp_path):
     assert list(dict.fromkeys(t["group"])) == ["synthetic / m1", "synthetic / m2", "pets"]
     assert len(t) == 6 and len(runs) == 3
     same = merge_runs([build_leaderboard(d1), build_leaderboard(make_run(tmp_path, "r4", v, model="m1"))])
-    assert same["group"].nunique() == 2                               # same dataset × model: run ids tell apart
+    assert same["group"].nunique() == 2  # same dataset × model: run ids tell apart
 
 
 def test_selection_and_bad_input(tmp_path):
-    d = make_run(tmp_path, "r", {"a": {"srg": np.arange(4.0), "lif": np.arange(4.0)},
-                                 "b_cam": {"srg": np.arange(4.0), "lif": np.arange(4.0)}})
+    d = make_run(
+        tmp_path,
+        "r",
+        {
+            "a": {"srg": np.arange(4.0), "lif": np.arange(4.0)},
+            "b_cam": {"srg": np.arange(4.0), "lif": np.arange(4.0)},
+        },
+    )
     t, _ = leaderboard([d], metrics=["srg"], methods=["*cam"])
     assert set(t["metric"]) == {"srg"} and set(t["method"]) == {"b_cam"}
     with pytest.raises(UserError, match="no metric 'nope'.*Available"):
@@ -225,12 +313,22 @@ def test_selection_and_bad_input(tmp_path):
 
 def test_real_run_directory_from_the_harness(tmp_path):
     """The harness writes all four formats; they agree with a fresh aggregation."""
-    from xaibench.harness import Run, RunConfig
-
     from conftest import make_tiny_vit
 
-    run = Run(RunConfig(methods="random,saliency", metrics="srg", n_images=6, batch_size=3, cardinalities=4,
-                        out=str(tmp_path), progress=False, model="xaibench_vit"))
+    from xaibench.harness import Run, RunConfig
+
+    run = Run(
+        RunConfig(
+            methods="random,saliency",
+            metrics="srg",
+            n_images=6,
+            batch_size=3,
+            cardinalities=4,
+            out=str(tmp_path),
+            progress=False,
+            model="xaibench_vit",
+        )
+    )
     run._load = _tiny_loader(run, make_tiny_vit)
     out = run.execute()
     for ext in ("md", "tex", "csv", "json"):
@@ -245,6 +343,7 @@ def test_real_run_directory_from_the_harness(tmp_path):
 
 def _tiny_loader(run, make_tiny_vit):
     """Replace model loading (training the default ViT) by the untrained tiny ViT at 32×32."""
+
     def load():
         from xaibench.datasets import load_dataset
         from xaibench.removal import Removal
@@ -256,4 +355,5 @@ def _tiny_loader(run, make_tiny_vit):
         run.removal = Removal("drop")
         run.distractors = None
         run.train_data = None
+
     return load

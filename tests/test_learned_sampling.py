@@ -1,4 +1,5 @@
 """Mask samplers and exact Shapley values of the learned explainers, against plain references."""
+
 from __future__ import annotations
 
 import itertools
@@ -29,8 +30,11 @@ def sequential_draw_probability(weights, subset):
 def algorithm3_frequencies(weights):
     """Subset → probability under Algorithm 3's recipe: size m ~ U{1..P}, then sequential draws ∝ weights."""
     P = len(weights)
-    return {s: sequential_draw_probability(weights, s) / P
-            for m in range(1, P + 1) for s in itertools.combinations(range(P), m)}
+    return {
+        s: sequential_draw_probability(weights, s) / P
+        for m in range(1, P + 1)
+        for s in itertools.combinations(range(P), m)
+    }
 
 
 def empirical(masks):
@@ -42,7 +46,7 @@ def empirical(masks):
 
 
 def test_guided_sampler_matches_algorithm3_on_four_patches():
-    phi = torch.tensor([[1.0, 2.0, 3.0, 5.0]])            # φ_norm = (0, .25, .5, 1)
+    phi = torch.tensor([[1.0, 2.0, 3.0, 5.0]])  # φ_norm = (0, .25, .5, 1)
     n = 20000
     masks = guided_masks(phi.expand(n, 4), 2, torch.Generator().manual_seed(0))
     assert masks.shape == (n, 2, 4) and masks.dtype == torch.bool
@@ -105,11 +109,11 @@ def permutation_shapley(v, P):
 def test_exact_shapley_matches_permutation_reference_and_hand_game():
     P = 4
     g = torch.Generator().manual_seed(0)
-    v = torch.rand(2 ** P, 3, generator=g, dtype=torch.float64)
+    v = torch.rand(2**P, 3, generator=g, dtype=torch.float64)
     phi = exact_shapley(v)
     for c in range(3):
         assert torch.allclose(phi[:, c], permutation_shapley(v[:, c], P), atol=1e-12)
-    assert torch.allclose(phi.sum(0), v[-1] - v[0], atol=1e-12)        # efficiency
+    assert torch.allclose(phi.sum(0), v[-1] - v[0], atol=1e-12)  # efficiency
     # additive game plus an interaction between players 1 and 2 shared equally
     masks = coalition_masks(P).double()
     a = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64)

@@ -1,12 +1,13 @@
 """Learned explainers: cache keys, resumable training, the algebra of ViT-Shapley and Salvage."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 import torch
-
 from conftest import make_tiny_vit
+
 from xaibench.datasets import load_dataset
 from xaibench.methods import FitContext, create_method
 from xaibench.methods.learned import common, surrogate
@@ -16,8 +17,9 @@ from xaibench.methods.learned.salvage import js_divergence
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "masks_per_image": 4}
-TINY_SURROGATE = surrogate.SurrogateRecipe(epochs=2, batch_size=4, masks_per_image=2, lr=1e-3, weight_decay=0.0,
-                                           steps_per_epoch=2)
+TINY_SURROGATE = surrogate.SurrogateRecipe(
+    epochs=2, batch_size=4, masks_per_image=2, lr=1e-3, weight_decay=0.0, steps_per_epoch=2
+)
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def train16():
 
 
 def four_patch_vit():
-    return make_tiny_vit(img=32, patch=16, depth=1)      # 2×2 = 4 patches
+    return make_tiny_vit(img=32, patch=16, depth=1)  # 2×2 = 4 patches
 
 
 def test_cache_key_depends_on_recipe_seed_and_classifier():
@@ -45,29 +47,42 @@ def test_cache_key_depends_on_recipe_seed_and_classifier():
     assert base != cache_key("vit_shapley", a, r, 1, "synthetic")
     assert base != cache_key("vit_shapley", a, r, 0, "imagenette")
     assert base != cache_key("salvage", a, r, 0, "synthetic")
-    assert base != cache_key("vit_shapley", make_tiny_vit(seed=1, img=32, patch=16, depth=1), r, 0, "synthetic")
+    assert base != cache_key(
+        "vit_shapley", make_tiny_vit(seed=1, img=32, patch=16, depth=1), r, 0, "synthetic"
+    )
     m1 = create_method("salvage", preset="quick")
     m2 = create_method("salvage", preset="quick", lr=1e-2)
     assert m1.recipe() != m2.recipe() and m1.recipe() != create_method("salvage", preset="paper").recipe()
 
 
 def _states(method):
-    nets = {"selector": method.selector, "predictor": method.predictor.model} if method.name == "comet" else \
-        {"explainer": method.net}
+    nets = (
+        {"selector": method.selector, "predictor": method.predictor.model}
+        if method.name == "comet"
+        else {"explainer": method.net}
+    )
     return {f"{k}.{n}": t.clone() for k, m in nets.items() for n, t in m.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", ["salvage", "comet"])
-def test_interrupted_training_resumes_to_the_same_weights(name, tmp_path, monkeypatch, quick_surrogate, train16):
-    params = dict(TINY) if name != "comet" else {k: TINY[k] for k in ("epochs", "steps_per_epoch", "batch_size")}
+def test_interrupted_training_resumes_to_the_same_weights(
+    name, tmp_path, monkeypatch, quick_surrogate, train16
+):
+    params = (
+        dict(TINY) if name != "comet" else {k: TINY[k] for k in ("epochs", "steps_per_epoch", "batch_size")}
+    )
     full = create_method(name, preset="quick", **params)
-    full.fit(four_patch_vit(), train16, FitContext(cache_dir=str(tmp_path / "a"), preset="quick", progress=False))
+    full.fit(
+        four_patch_vit(), train16, FitContext(cache_dir=str(tmp_path / "a"), preset="quick", progress=False)
+    )
 
     real = common.train_epochs
 
     def interrupted(directory, modules, optimizer, epochs, run_epoch, steps, **kw):
         if kw.get("desc") != "surrogate":
-            real(directory, modules, optimizer, 1, run_epoch, steps, **kw)   # epoch 1 checkpointed, then killed
+            real(
+                directory, modules, optimizer, 1, run_epoch, steps, **kw
+            )  # epoch 1 checkpointed, then killed
             raise KeyboardInterrupt
         return real(directory, modules, optimizer, epochs, run_epoch, steps, **kw)
 
@@ -89,7 +104,9 @@ def test_interrupted_training_resumes_to_the_same_weights(name, tmp_path, monkey
     # a third fit loads the cached weights without training
     again = create_method(name, preset="quick", **params)
     again.fit(four_patch_vit(), train16, ctx)
-    assert again.report()["training"].get("cached", again.report()["training"].get("explainer_cached")) is True
+    assert (
+        again.report()["training"].get("cached", again.report()["training"].get("explainer_cached")) is True
+    )
 
 
 def test_vit_shapley_is_efficient_and_salvage_algebra(tmp_path, quick_surrogate, train16):
@@ -111,11 +128,13 @@ def test_vit_shapley_is_efficient_and_salvage_algebra(tmp_path, quick_surrogate,
     sv.fit(adapter, train16, ctx)
     out = sv.net(x).detach()
     plus, minus = out[..., :10], out[..., 10:]
-    plus, minus = plus - plus.mean(-1, keepdim=True), minus - minus.mean(-1, keepdim=True)   # class-centred
+    plus, minus = plus - plus.mean(-1, keepdim=True), minus - minus.mean(-1, keepdim=True)  # class-centred
     assert torch.allclose(sv.split(out)[0], plus) and torch.allclose(sv.split(out)[1], minus)
     keep = torch.tensor([[True, False, True, False]]).expand(6, 1, 4)
     z = sv.shapley_logits(out, keep)[:, 0]
-    loop = torch.stack([sum(plus[b, i] if keep[b, 0, i] else minus[b, i] for i in range(4)) for b in range(6)])
+    loop = torch.stack(
+        [sum(plus[b, i] if keep[b, 0, i] else minus[b, i] for i in range(4)) for b in range(6)]
+    )
     assert torch.allclose(z, loop, atol=1e-5)
     assert torch.allclose(sv.classify(x), plus.sum(1).softmax(-1), atol=1e-6)
     assert torch.allclose(sv.all_values(x), plus - minus, atol=1e-6)
@@ -156,7 +175,7 @@ def test_weights_fingerprint_handles_zero_dim_buffers():
 
     from xaibench.methods.learned.common import weights_fingerprint
 
-    bn = nn.BatchNorm2d(3)            # num_batches_tracked is a 0-dim long tensor
+    bn = nn.BatchNorm2d(3)  # num_batches_tracked is a 0-dim long tensor
     before = weights_fingerprint(bn)
     bn.num_batches_tracked += 1
     assert weights_fingerprint(bn) != before

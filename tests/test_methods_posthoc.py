@@ -1,12 +1,13 @@
 """Post-hoc attribution methods: invariances and hand-checkable properties on tiny models."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import SYNTH_MEAN, SYNTH_STD, make_tiny_cnn, make_tiny_vit
 from scipy.stats import spearmanr
 
-from conftest import SYNTH_MEAN, SYNTH_STD, make_tiny_cnn, make_tiny_vit
 from xaibench.adapter import ModelAdapter
 from xaibench.errors import UserError
 from xaibench.methods import FitContext, create_method
@@ -19,8 +20,20 @@ SMALL = {
     "feature_suppression": dict(n_samples=6, sample_batch=4),
     "mask_optimisation": dict(steps=3, n_distractors=3),
 }
-POSTHOC = ["saliency", "smoothgrad", "integrated_gradients", "gradcam", "eigencam", "rise", "feature_suppression",
-           "attention_rollout", "attention_last", "gae", "lrp", "mask_optimisation"]
+POSTHOC = [
+    "saliency",
+    "smoothgrad",
+    "integrated_gradients",
+    "gradcam",
+    "eigencam",
+    "rise",
+    "feature_suppression",
+    "attention_rollout",
+    "attention_last",
+    "gae",
+    "lrp",
+    "mask_optimisation",
+]
 GRADIENT_METHODS = ["saliency", "smoothgrad", "integrated_gradients"]
 
 
@@ -51,8 +64,12 @@ def test_batched_equals_one_at_a_time(name, arch):
     expected = adapter.grid if batched.level == "patch" else adapter.input_size
     assert tuple(batched.maps.shape) == (len(x), *expected)
     assert torch.isfinite(batched.maps).all()
-    single = torch.cat([method.attribute(adapter, x[i:i + 1], target[i:i + 1], ids=ids[i:i + 1]).maps
-                        for i in range(len(x))])
+    single = torch.cat(
+        [
+            method.attribute(adapter, x[i : i + 1], target[i : i + 1], ids=ids[i : i + 1]).maps
+            for i in range(len(x))
+        ]
+    )
     scale = batched.maps.abs().max().clamp_min(1e-12)
     assert ((batched.maps - single).abs().max() / scale) < 1e-5
     # the same call again gives the same maps (seeded methods draw from per-image generators)
@@ -73,7 +90,9 @@ def test_seeded_methods_depend_on_seed_and_id(name):
 def test_integrated_gradients_completeness(make):
     adapter = make()
     x, target, ids = _inputs(4)
-    maps = create_method("integrated_gradients").attribute(adapter, x, target, ids=ids).maps   # paper: 50 steps
+    maps = (
+        create_method("integrated_gradients").attribute(adapter, x, target, ids=ids).maps
+    )  # paper: 50 steps
     with torch.no_grad():
         diff = (adapter.logits(x) - adapter.logits(torch.zeros_like(x))).gather(1, target[:, None])[:, 0]
     assert torch.allclose(maps.flatten(1).sum(1), diff, rtol=0.01, atol=1e-4 * diff.abs().max().item())
@@ -101,8 +120,9 @@ def test_rise_recovers_linear_weights_ordering():
     for (i, j), v in zip(corners, (2.0, 4.0, 1.0, 3.0)):
         cell_w[i, j] = v
     weights = cell_w.view(1, 1, 4, 4).repeat_interleave(8, 2).repeat_interleave(8, 3).expand(1, 3, 32, 32)
-    adapter = ModelAdapter(_LinearInMask(weights.contiguous()), mean=SYNTH_MEAN, std=SYNTH_STD,
-                           input_size=(32, 32), patch_size=8)
+    adapter = ModelAdapter(
+        _LinearInMask(weights.contiguous()), mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(32, 32), patch_size=8
+    )
     rise = create_method("rise", n_masks=4000, s=8, mask_batch=1000)
     attr = rise.attribute(adapter, torch.ones(1, 3, 32, 32), torch.tensor([0]), ids=["lin"])
     assert attr.level == "pixel"
@@ -165,7 +185,9 @@ def test_rollout_matches_plain_loop(tiny_vit):
             joint = a @ joint
         assert torch.allclose(maps[b].flatten(), joint[0, pre:], atol=1e-6)
         last = rec.maps[len(rec.maps) - 1][b].mean(0)[0, pre:]
-        got = create_method("attention_last").attribute(tiny_vit, x[b:b + 1], target[b:b + 1], ids=ids[b:b + 1])
+        got = create_method("attention_last").attribute(
+            tiny_vit, x[b : b + 1], target[b : b + 1], ids=ids[b : b + 1]
+        )
         assert torch.allclose(got.maps.flatten(), last, atol=1e-6)
 
 
@@ -179,18 +201,23 @@ def test_vit_lrp_forward_reproduces_model_and_batches(tiny_vit):
     lrp = create_method("lrp")
     batched = lrp.attribute(tiny_vit, x, target, ids=ids)
     assert batched.level == "patch" and (batched.maps >= 0).all() and batched.maps.abs().sum() > 0
-    single = torch.cat([lrp.attribute(tiny_vit, x[i:i + 1], target[i:i + 1], ids=ids[i:i + 1]).maps
-                        for i in range(4)])
+    single = torch.cat(
+        [lrp.attribute(tiny_vit, x[i : i + 1], target[i : i + 1], ids=ids[i : i + 1]).maps for i in range(4)]
+    )
     assert torch.allclose(batched.maps, single, rtol=1e-5, atol=1e-9)
     other = lrp.attribute(tiny_vit, x, (target + 1) % 10, ids=ids).maps
-    assert not torch.allclose(other, batched.maps)          # class-specific
+    assert not torch.allclose(other, batched.maps)  # class-specific
 
 
 def test_relevance_pair_renormalisation_conserves_per_image():
     from xaibench.methods.lrp import two_operand
 
     g = torch.Generator().manual_seed(0)
-    a, b, R = torch.rand(3, 5, 4, generator=g), torch.rand(3, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g)
+    a, b, R = (
+        torch.rand(3, 5, 4, generator=g),
+        torch.rand(3, 5, 4, generator=g),
+        torch.randn(3, 5, 4, generator=g),
+    )
     ra, rb = two_operand(torch.add, a, b, R)
     assert torch.allclose((ra + rb).flatten(1).sum(1), R.flatten(1).sum(1), atol=1e-5)
 
@@ -199,9 +226,17 @@ def test_cnn_lrp_epsilon_conserves_relevance():
     from xaibench.methods.lrp import cnn_lrp
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
-                        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 16, bias=False), nn.ReLU(), nn.Linear(16, 5, bias=False))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 16, bias=False),
+        nn.ReLU(),
+        nn.Linear(16, 5, bias=False),
+    )
     adapter = ModelAdapter(net, mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(16, 16), patch_size=4)
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -223,7 +258,7 @@ def test_cnn_lrp_on_timm_resnet_splits_residuals(tiny_cnn):
     logit = before.gather(1, target[:, None])[:, 0]
     assert torch.isfinite(rel).all()
     assert (rel.flatten(1).sum(1).abs() <= 2 * logit.abs() + 1e-3).all()
-    with torch.no_grad():   # canonizers (merged BatchNorm, block forwards) are undone afterwards
+    with torch.no_grad():  # canonizers (merged BatchNorm, block forwards) are undone afterwards
         assert torch.allclose(tiny_cnn.logits(x), before, atol=1e-6)
 
 
@@ -256,7 +291,7 @@ def test_feature_suppression_algorithm_on_a_linear_model():
         acc = torch.zeros(3, 8, 8)
         for off in draws:
             xh = torch.where(off.view(1, 8, 8), torch.full((3, 8, 8), 1e-8), x[b]).requires_grad_(True)
-            loss = nn.functional.cross_entropy(lin(xh[None]), target[b:b + 1])
+            loss = nn.functional.cross_entropy(lin(xh[None]), target[b : b + 1])
             acc += torch.autograd.grad(loss, xh)[0].abs()
         e = (x[b] / 64 * acc).abs().sum(0)
         e = (e - e.min()) / (e.max() - e.min())
@@ -264,15 +299,15 @@ def test_feature_suppression_algorithm_on_a_linear_model():
 
 
 def test_truncated_poisson_stays_in_range():
-    from xaibench.methods.suppression import truncated_poisson
-
     from scipy.stats import poisson
+
+    from xaibench.methods.suppression import truncated_poisson
 
     k = truncated_poisson(9.0, 10, 20000, torch.Generator().manual_seed(0), "cpu")
     assert k.max() <= 10 and k.min() >= 0
     support = torch.arange(11).double()
     pmf = torch.tensor(poisson.pmf(support.numpy(), 9.0))
-    exact_mean = float((support * pmf).sum() / pmf.sum())     # E[k | k ≤ 10] ≈ 7.5, below λ = 9
+    exact_mean = float((support * pmf).sum() / pmf.sum())  # E[k | k ≤ 10] ≈ 7.5, below λ = 9
     assert abs(k.double().mean().item() - exact_mean) < 0.05
 
 
@@ -285,7 +320,7 @@ class _ColourDetector(nn.Module):
         from xaibench.datasets.synthetic import CLASS_COLOURS
 
         cols = torch.tensor(list(CLASS_COLOURS.values()), dtype=torch.float32) / 255
-        self.register_buffer("cols", cols.repeat_interleave(5, 0))            # (10, 3)
+        self.register_buffer("cols", cols.repeat_interleave(5, 0))  # (10, 3)
         self.register_buffer("mean", torch.tensor(SYNTH_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(SYNTH_STD).view(1, 3, 1, 1))
         self.alpha = alpha
@@ -293,15 +328,18 @@ class _ColourDetector(nn.Module):
     def forward(self, x):
         x01 = x * self.std + self.mean
         d2 = ((x01[:, None] - self.cols.view(1, 10, 3, 1, 1)) ** 2).sum(2)
-        return self.alpha * torch.exp(-d2 / (2 * 0.15 ** 2)).mean((2, 3))
+        return self.alpha * torch.exp(-d2 / (2 * 0.15**2)).mean((2, 3))
 
 
 def test_mask_optimisation_lowers_objective_and_keeps_the_object(synth32):
     from sklearn.metrics import roc_auc_score
+
     from xaibench.datasets import load_dataset
 
     images, labels, masks, ids = synth32
-    adapter = ModelAdapter(_ColourDetector(alpha=20.0), mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(32, 32), patch_size=8)
+    adapter = ModelAdapter(
+        _ColourDetector(alpha=20.0), mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(32, 32), patch_size=8
+    )
     train = load_dataset("synthetic", "train", n_train=40, image_size=32)
     pool = adapter.normalize(torch.stack([train[i].image for i in range(len(train))]))
     method = create_method("mask_optimisation", steps=80, lambda_l1=2e-4)
@@ -346,7 +384,7 @@ def test_gae_matches_plain_loop_and_is_class_specific(tiny_vit):
     maps = create_method("gae").attribute(tiny_vit, x, target, ids=ids).maps
     pre = tiny_vit.num_prefix_tokens
     for b in range(2):
-        xb = x[b:b + 1].clone().requires_grad_(True)
+        xb = x[b : b + 1].clone().requires_grad_(True)
         with tiny_vit.record_attention() as rec:
             logit = tiny_vit.logits(xb)[0, target[b]]
         attns = rec.ordered()

@@ -1,5 +1,6 @@
 """Curve metrics (MIF/LIF/SRG, R-MIF/R-LIF/R-SRG, fidelity, completeness/soundness) against plain
 references written straightforwardly here: per image, per k, one mask at a time, Python loops."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,14 @@ def make_batch(adapter, n=3, seed=1):
         probs = adapter.probs(x).float()
     labels = torch.randint(0, probs.shape[1], (n,), generator=g)
     masks = torch.rand(n, *adapter.input_size, generator=g) > 0.6
-    return Batch(x=x, labels=labels, targets=probs.argmax(1), ids=[f"im{i}" for i in range(n)], probs=probs,
-                 masks=masks)
+    return Batch(
+        x=x,
+        labels=labels,
+        targets=probs.argmax(1),
+        ids=[f"im{i}" for i in range(n)],
+        probs=probs,
+        masks=masks,
+    )
 
 
 def make_removal(strategy):
@@ -41,7 +48,7 @@ def patch_attribution(n, ties=True, seed=2):
 
 def one_mask_prob(adapter, batch, i, keep, removal, target):
     """Target probability of image i with one keep mask (patch (P,) or pixel (H, W))."""
-    p = adapter.masked_probs(batch.x[i: i + 1], keep[None, None], removal, ids=[batch.ids[i]])
+    p = adapter.masked_probs(batch.x[i : i + 1], keep[None, None], removal, ids=[batch.ids[i]])
     return float(p[0, 0, int(target)])
 
 
@@ -89,6 +96,7 @@ def plain_weighted_subset(weights, noise_row, k):
     pos = [j for j in range(len(weights)) if weights[j] > 0]
     zero = [j for j in range(len(weights)) if weights[j] <= 0]
     import math
+
     pos.sort(key=lambda j: -(math.log(weights[j]) + float(noise_row[j])))
     zero.sort(key=lambda j: -float(noise_row[j]))
     return (pos + zero)[:k]
@@ -115,12 +123,15 @@ def test_relative_metrics_equal_plain_reference(strategy, tiny_vit, tiny_cnn):
                 w = w if most else [1 - v for v in w]
             else:
                 w = [1.0] * P
-            assert torch.allclose(sampling_weights(phi[i: i + 1], most)[0], torch.tensor(w), atol=1e-6)
+            assert torch.allclose(sampling_weights(phi[i : i + 1], most)[0], torch.tensor(w), atol=1e-6)
             curve = []
             for k in ks:
                 if k == P:
-                    curve.append(one_mask_prob(adapter, batch, i, torch.ones(P, dtype=torch.bool), removal,
-                                               batch.targets[i]))
+                    curve.append(
+                        one_mask_prob(
+                            adapter, batch, i, torch.ones(P, dtype=torch.bool), removal, batch.targets[i]
+                        )
+                    )
                     continue
                 noise = gumbel_noise([batch.ids[i]], [k], n_masks, P, 4, name)[0, 0]
                 vals = []
@@ -143,8 +154,14 @@ def test_per_image_results_independent_of_batch(tiny_vit):
     ctx = EvalContext(tiny_vit, removal, seed=0, cardinalities=5, n_masks=4)
 
     def sub(idx):
-        b = Batch(x=batch.x[idx], labels=batch.labels[idx], targets=batch.targets[idx],
-                  ids=[batch.ids[i] for i in idx], probs=batch.probs[idx], masks=batch.masks[idx])
+        b = Batch(
+            x=batch.x[idx],
+            labels=batch.labels[idx],
+            targets=batch.targets[idx],
+            ids=[batch.ids[i] for i in idx],
+            probs=batch.probs[idx],
+            masks=batch.masks[idx],
+        )
         return b, attr.index(idx)
 
     for name in ("srg", "r_srg", "fidelity"):
@@ -179,7 +196,7 @@ def test_fidelity_equals_plain_reference(strategy, tiny_vit, tiny_cnn):
             keep[order[: round(f * n)]] = False
             if strategy != "drop":
                 keep = keep.view(adapter.input_size)
-            p = adapter.masked_probs(batch.x[i: i + 1], keep[None, None], removal, ids=[batch.ids[i]])[0, 0]
+            p = adapter.masked_probs(batch.x[i : i + 1], keep[None, None], removal, ids=[batch.ids[i]])[0, 0]
             expected = 100.0 * float(int(p.argmax()) == int(batch.labels[i]))
             assert float(res.scores[f"fidelity_{round(100 * f):02d}"][i]) == expected
 
@@ -193,8 +210,12 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
 
     def explain(targets):
         explain.calls += 1
-        out = torch.stack([torch.rand(32, 32, generator=generator(0, "map", i, int(t)))
-                           for i, t in enumerate(targets.tolist())])
+        out = torch.stack(
+            [
+                torch.rand(32, 32, generator=generator(0, "map", i, int(t)))
+                for i, t in enumerate(targets.tolist())
+            ]
+        )
         return Attribution(out, "pixel")
 
     explain.calls = 0
@@ -203,7 +224,8 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
     res = metric.compute(ctx, batch, attribution, explain)
     assert explain.calls == 2  # the top label reuses the run's map; the second label is explained
     mean_rule = create_metric("completeness", removal=strategy, n_draws=3).compute(
-        ctx, batch, attribution, explain)
+        ctx, batch, attribution, explain
+    )
     removal = Removal(strategy, n_draws=3, seed=2, distractors=pool if strategy == "distractor" else None)
     fractions = (0.2, 0.3, 0.4, 0.5, 0.6)
     for i in range(len(batch)):
@@ -248,9 +270,12 @@ def test_completeness_needs_a_pool_and_valid_removal(tiny_vit):
     batch = make_batch(tiny_vit)
     attr = patch_attribution(3)
     with pytest.raises(UserError, match="pool"):
-        create_metric("completeness").compute(EvalContext(tiny_vit, Removal("drop")), batch, attr, lambda t: attr)
+        create_metric("completeness").compute(
+            EvalContext(tiny_vit, Removal("drop")), batch, attr, lambda t: attr
+        )
     with pytest.raises(UserError, match="drop"):
-        create_metric("completeness", removal="drop").compute(EvalContext(tiny_vit, Removal("drop")), batch, attr,
-                                                              lambda t: attr)
+        create_metric("completeness", removal="drop").compute(
+            EvalContext(tiny_vit, Removal("drop")), batch, attr, lambda t: attr
+        )
     with pytest.raises(UserError, match="pixel"):
         create_metric("fidelity", unit="pixel").compute(EvalContext(tiny_vit, Removal("drop")), batch, attr)

@@ -1,4 +1,5 @@
 """RMA, RRA, PxAP, IoU-AUC and MI: hand-computed cases, sklearn, oracle maps, NaN rules."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,8 @@ def test_rma_hand_computed_and_nan_rules():
     assert float(relevance_mass_accuracy(maps, mask)[0]) == pytest.approx(2 / 3)
     # negative relevance inside the mask does not count; only R+ enters numerator and denominator
     assert float(relevance_mass_accuracy(t([-5.0, 1.0, 3.0, 0.0]), mask)[0]) == pytest.approx(0.0)
-    assert math.isnan(float(relevance_mass_accuracy(t([-1.0, -2.0, 0.0, -3.0]), mask)[0]))   # Σ R+ = 0
-    assert math.isnan(float(relevance_mass_accuracy(maps, t([0, 0, 0, 0], torch.bool))[0]))   # empty mask
+    assert math.isnan(float(relevance_mass_accuracy(t([-1.0, -2.0, 0.0, -3.0]), mask)[0]))  # Σ R+ = 0
+    assert math.isnan(float(relevance_mass_accuracy(maps, t([0, 0, 0, 0], torch.bool))[0]))  # empty mask
 
 
 def test_rra_hand_computed_with_ties():
@@ -52,6 +53,7 @@ def test_rra_equals_mean_over_tie_orders_brute_force():
         K = int(mask.sum())
         # brute force: average over every permutation-based tie break (sorted by value, then random order)
         import itertools
+
         total = count = 0
         for perm in itertools.permutations(range(6)):
             order = sorted(range(6), key=lambda i: (-float(maps[0, i]), perm.index(i)))
@@ -74,12 +76,13 @@ def test_pxap_three_pixel_example_by_hand():
     assert pxap_from_histograms(torch.cat([states, perfect])) == pytest.approx(100 * (3 / 4 + 2 / 3 * 1 / 4))
     # a constant map: every pixel at threshold 0: precision = mask share
     assert pxap_from_histograms(pxap_histograms(t([7.0] * 3), t([1, 0, 1], torch.bool))) == pytest.approx(
-        100 * 2 / 3)
+        100 * 2 / 3
+    )
 
 
 def test_iou_curve_hand_computed():
     taus, iou = iou_curve(t([1.0, 0.5, 0.0]), t([1, 1, 0], torch.bool), 100)
-    assert torch.allclose(iou[0, :50], torch.ones(50))       # S > τ for τ < 0.5: {0, 1} = mask
+    assert torch.allclose(iou[0, :50], torch.ones(50))  # S > τ for τ < 0.5: {0, 1} = mask
     assert torch.allclose(iou[0, 50:], torch.full((50,), 0.5))
     assert float(iou.mean()) == pytest.approx(0.75)
     assert torch.isnan(iou_curve(t([1.0, 0.0]), t([0, 0], torch.bool))[1]).all()
@@ -91,7 +94,7 @@ def test_mutual_information_matches_sklearn():
     g = torch.Generator().manual_seed(3)
     maps = torch.randn(6, 400, generator=g) * torch.linspace(0.1, 3, 400)
     masks = torch.rand(6, 400, generator=g) < torch.linspace(0.1, 0.9, 400)
-    maps[5] = 2.0                                             # constant map → MI 0
+    maps[5] = 2.0  # constant map → MI 0
     mi = binned_mutual_information(maps, masks, 20)
     for i in range(6):
         a = maps[i].abs().numpy().astype(np.float64)
@@ -106,11 +109,17 @@ def make_mask_batch(n=4, size=32, seed=0):
     masks = torch.zeros(n, size, size, dtype=torch.bool)
     for i in range(n):
         r, c = torch.randint(0, size - 10, (2,), generator=g).tolist()
-        masks[i, r: r + 6 + i, c: c + 8] = True
+        masks[i, r : r + 6 + i, c : c + 8] = True
     x = torch.randn(n, 3, size, size, generator=g)
     probs = torch.softmax(torch.randn(n, 10, generator=g), 1)
-    return Batch(x=x, labels=probs.argmax(1), targets=probs.argmax(1), ids=[f"m{i}" for i in range(n)],
-                 probs=probs, masks=masks)
+    return Batch(
+        x=x,
+        labels=probs.argmax(1),
+        targets=probs.argmax(1),
+        ids=[f"m{i}" for i in range(n)],
+        probs=probs,
+        masks=masks,
+    )
 
 
 def test_oracle_scores_100_and_registered_metadata(tiny_vit):

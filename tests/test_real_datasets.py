@@ -3,6 +3,7 @@
 Nothing touches the network: archives are served from ``file://`` URLs (with the pinned checksum
 monkeypatched to the test archive's) or read through ``--data-root``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,15 +19,16 @@ import torch
 from PIL import Image
 
 from xaibench import cli
-from xaibench.datasets import imagenette, load_dataset, mura, pets
+from xaibench.datasets import imagenette, load_dataset, pets
 from xaibench.datasets.download import download, extract_archive
 from xaibench.datasets.folder import Preprocessing, read_samples
 from xaibench.errors import UserError
 
-TINY = "test_resnet"          # timm's smallest CNN (160×160 input, ~0.5 M parameters)
+TINY = "test_resnet"  # timm's smallest CNN (160×160 input, ~0.5 M parameters)
 
 
 # ------------------------------------------------------------------------------- builders
+
 
 def _photo(rng: np.random.Generator, h: int, w: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
@@ -102,9 +104,20 @@ def weights1000(tmp_path_factory) -> Path:
 
 # ------------------------------------------------------------------------------- imagenette
 
+
 def test_imagenette_mapping_matches_the_published_imagenet_indices():
-    expected = {"tench": 0, "English springer": 217, "cassette player": 482, "chain saw": 491, "church": 497,
-                "French horn": 566, "garbage truck": 569, "gas pump": 571, "golf ball": 574, "parachute": 701}
+    expected = {
+        "tench": 0,
+        "English springer": 217,
+        "cassette player": 482,
+        "chain saw": 491,
+        "church": 497,
+        "French horn": 566,
+        "garbage truck": 569,
+        "gas pump": 571,
+        "golf ball": 574,
+        "parachute": 701,
+    }
     assert dict(zip(imagenette.CLASSES, imagenette.IMAGENET_INDICES)) == expected
     from timm.data import ImageNetInfo
 
@@ -145,7 +158,9 @@ def test_checksum_mismatch_removes_the_file_and_extracts_nothing(nette_root, tmp
     cache = tmp_path / "cache"
     with pytest.raises(UserError, match="checksum mismatch.*removed and nothing was extracted"):
         load_dataset("imagenette", "test", cache_dir=str(cache), progress=False)
-    leftovers = [p for p in (cache / "datasets" / "imagenette").rglob("*") if p.is_file() or p.name != "downloads"]
+    leftovers = [
+        p for p in (cache / "datasets" / "imagenette").rglob("*") if p.is_file() or p.name != "downloads"
+    ]
     assert leftovers == []
 
 
@@ -195,31 +210,79 @@ def _run(args, capsys):
 
 
 def test_cli_run_imagenette_end_to_end_with_local_weights(nette_root, weights1000, tmp_path, capsys):
-    args = ["--cache-dir", str(tmp_path / "cache"), "run", "--dataset", "imagenette", "--model", TINY,
-            "--methods", "random,saliency", "--metrics", "srg", "--data-root", str(nette_root),
-            "--weights", str(weights1000), "--n-images", "5", "--batch-size", "4", "--cardinalities", "3",
-            "--out", str(tmp_path / "res"), "--run-id", "r", "--quiet"]
+    args = [
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "run",
+        "--dataset",
+        "imagenette",
+        "--model",
+        TINY,
+        "--methods",
+        "random,saliency",
+        "--metrics",
+        "srg",
+        "--data-root",
+        str(nette_root),
+        "--weights",
+        str(weights1000),
+        "--n-images",
+        "5",
+        "--batch-size",
+        "4",
+        "--cardinalities",
+        "3",
+        "--out",
+        str(tmp_path / "res"),
+        "--run-id",
+        "r",
+        "--quiet",
+    ]
     code, out, err = _run(args, capsys)
     assert code == 0, err
     run = tmp_path / "res" / "r"
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["model"]["class_indices"] == imagenette.IMAGENET_INDICES and cfg["model"]["head"] == "imagenet subset"
+    assert (
+        cfg["model"]["class_indices"] == imagenette.IMAGENET_INDICES
+        and cfg["model"]["head"] == "imagenet subset"
+    )
     assert cfg["model"]["input_size"] == [160, 160] and cfg["dataset"]["skipped_files"] == []
     assert cfg["methods"]["saliency"]["status"] == "done" and cfg["methods"]["random"]["status"] == "done"
     scores = pd.read_csv(run / "scores.csv")
     assert set(scores.method) == {"random", "saliency"} and scores.image_id.nunique() == 5
     assert scores.target.between(0, 9).all()  # targets index the 10 dataset classes, not ImageNet's 1000
     test = load_dataset("imagenette", "test", data_root=str(nette_root))
-    assert set(scores.image_id) == {r.id for r in test.records[:5]}   # two batches: 4 + 1
+    assert set(scores.image_id) == {r.id for r in test.records[:5]}  # two batches: 4 + 1
 
 
 def test_corrupt_image_is_skipped_and_reported(tmp_path, weights1000, capsys):
     root = make_imagenette(tmp_path / "data", n_train=1, n_val=1)
     bad = root / "val" / "n03888257" / "broken.JPEG"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    args = ["--cache-dir", str(tmp_path / "cache"), "run", "--dataset", "imagenette", "--model", TINY,
-            "--methods", "random", "--metrics", "srg", "--data-root", str(root), "--weights", str(weights1000),
-            "--cardinalities", "3", "--out", str(tmp_path / "res"), "--run-id", "r", "--quiet"]
+    args = [
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "run",
+        "--dataset",
+        "imagenette",
+        "--model",
+        TINY,
+        "--methods",
+        "random",
+        "--metrics",
+        "srg",
+        "--data-root",
+        str(root),
+        "--weights",
+        str(weights1000),
+        "--cardinalities",
+        "3",
+        "--out",
+        str(tmp_path / "res"),
+        "--run-id",
+        "r",
+        "--quiet",
+    ]
     code, out, err = _run(args, capsys)
     assert code == 0, err
     assert "1 unreadable image(s) skipped" in err and str(bad) in err
@@ -231,24 +294,40 @@ def test_corrupt_image_is_skipped_and_reported(tmp_path, weights1000, capsys):
 
 def test_class_mismatch_says_how_to_fix(nette_root, pets_root, weights1000, tmp_path, capsys):
     w5 = save_tiny_weights(tmp_path / "w5.pt", num_classes=5)
-    base = ["--cache-dir", str(tmp_path / "cache"), "run", "--model", TINY, "--methods", "random",
-            "--metrics", "srg", "--out", str(tmp_path / "res"), "--quiet"]
-    code, _, err = _run(base + ["--dataset", "imagenette", "--data-root", str(nette_root), "--weights", str(w5)], capsys)
+    base = [
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "run",
+        "--model",
+        TINY,
+        "--methods",
+        "random",
+        "--metrics",
+        "srg",
+        "--out",
+        str(tmp_path / "res"),
+        "--quiet",
+    ]
+    code, _, err = _run(
+        base + ["--dataset", "imagenette", "--data-root", str(nette_root), "--weights", str(w5)], capsys
+    )
     assert code == 2 and "5 outputs" in err and "subset head" in err and "train classifier" in err
-    code, _, err = _run(base + ["--dataset", "pets", "--data-root", str(pets_root), "--weights", str(weights1000)],
-                        capsys)
+    code, _, err = _run(
+        base + ["--dataset", "pets", "--data-root", str(pets_root), "--weights", str(weights1000)], capsys
+    )
     assert code == 2 and "37 classes that are not ImageNet classes" in err and "--weights" in err
     assert "xaibench train classifier --dataset pets --model test_resnet" in err
 
 
 # ------------------------------------------------------------------------------- pets
 
+
 def test_pets_trimaps_become_masks_with_the_documented_boundary(pets_root):
     test = load_dataset("pets", "test", data_root=str(pets_root))
     assert len(test) == 37 and test.has_masks and test.num_classes == 37
     s = test[0]
     expected = torch.zeros(24, 32, dtype=torch.bool)
-    expected[5:19, 7:25] = True                  # object (1) and boundary band (3)
+    expected[5:19, 7:25] = True  # object (1) and boundary band (3)
     assert torch.equal(s.mask, expected)
     inner = load_dataset("pets", "test", data_root=str(pets_root), boundary="background")[0].mask
     assert inner.sum() == 12 * 16 and inner[6:18, 8:24].all()
@@ -282,7 +361,7 @@ def test_preprocessing_matches_timm_and_keeps_masks_aligned():
     t = create_transform(**{k: v for k, v in config.items()}, is_training=False)
     theirs = t(img) * torch.tensor(config["std"]).view(3, 1, 1) + torch.tensor(config["mean"]).view(3, 1, 1)
     assert ours.shape == theirs.shape == (3, 160, 160)
-    assert (ours - theirs).abs().mean() < 0.02   # same geometry (PIL vs torch resampling differ slightly)
+    assert (ours - theirs).abs().mean() < 0.02  # same geometry (PIL vs torch resampling differ slightly)
     # a mask follows exactly the geometry of the image: an object painted white stays under its mask
     image = torch.zeros(3, 90, 120)
     mask = torch.zeros(90, 120, dtype=torch.bool)
@@ -294,21 +373,62 @@ def test_preprocessing_matches_timm_and_keeps_masks_aligned():
 
 def test_pets_run_with_masks_through_the_cli(pets_root, tmp_path, capsys):
     w37 = save_tiny_weights(tmp_path / "w37.pt", num_classes=37)
-    args = ["--cache-dir", str(tmp_path / "cache"), "run", "--dataset", "pets", "--model", TINY,
-            "--methods", "oracle,random", "--metrics", "rma", "--data-root", str(pets_root),
-            "--weights", str(w37), "--n-images", "4", "--out", str(tmp_path / "res"), "--run-id", "r", "--quiet"]
+    args = [
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "run",
+        "--dataset",
+        "pets",
+        "--model",
+        TINY,
+        "--methods",
+        "oracle,random",
+        "--metrics",
+        "rma",
+        "--data-root",
+        str(pets_root),
+        "--weights",
+        str(w37),
+        "--n-images",
+        "4",
+        "--out",
+        str(tmp_path / "res"),
+        "--run-id",
+        "r",
+        "--quiet",
+    ]
     code, _, err = _run(args, capsys)
     assert code == 0, err
     scores = pd.read_csv(tmp_path / "res" / "r" / "scores.csv")
     rma = scores[(scores.method == "oracle") & (scores.metric == "rma")].value
-    assert len(rma) == 4 and np.allclose(rma, 100.0)   # the oracle map is the (preprocessed) mask itself
+    assert len(rma) == 4 and np.allclose(rma, 100.0)  # the oracle map is the (preprocessed) mask itself
 
 
 def test_train_classifier_then_run_finds_the_fine_tuned_model(pets_root, weights1000, tmp_path, capsys):
     cache = str(tmp_path / "cache")
-    code, _, err = _run(["--cache-dir", cache, "train", "classifier", "--dataset", "pets", "--model", TINY,
-                         "--weights", str(weights1000), "--data-root", str(pets_root), "--epochs", "1",
-                         "--batch-size", "16", "--head-only", "--quiet"], capsys)
+    code, _, err = _run(
+        [
+            "--cache-dir",
+            cache,
+            "train",
+            "classifier",
+            "--dataset",
+            "pets",
+            "--model",
+            TINY,
+            "--weights",
+            str(weights1000),
+            "--data-root",
+            str(pets_root),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--head-only",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     dirs = list((tmp_path / "cache" / "models").glob("finetune-test_resnet-pets-*"))
     assert len(dirs) == 1 and (dirs[0] / "model.pt").exists() and (dirs[0] / "log.csv").exists()
@@ -316,16 +436,43 @@ def test_train_classifier_then_run_finds_the_fine_tuned_model(pets_root, weights
     before = torch.load(weights1000, weights_only=True)
     assert state["fc.weight"].shape == (37, before["fc.weight"].shape[1])
     backbone = [k for k in before if not k.startswith("fc.")]
-    assert backbone and all(torch.equal(state[k], before[k]) for k in backbone)  # head only: backbone untouched
-    code, _, err = _run(["--cache-dir", cache, "run", "--dataset", "pets", "--model", TINY, "--methods", "random",
-                         "--metrics", "srg", "--cardinalities", "3", "--n-images", "2", "--data-root", str(pets_root),
-                         "--out", str(tmp_path / "res"), "--run-id", "r", "--quiet"], capsys)
+    assert backbone and all(
+        torch.equal(state[k], before[k]) for k in backbone
+    )  # head only: backbone untouched
+    code, _, err = _run(
+        [
+            "--cache-dir",
+            cache,
+            "run",
+            "--dataset",
+            "pets",
+            "--model",
+            TINY,
+            "--methods",
+            "random",
+            "--metrics",
+            "srg",
+            "--cardinalities",
+            "3",
+            "--n-images",
+            "2",
+            "--data-root",
+            str(pets_root),
+            "--out",
+            str(tmp_path / "res"),
+            "--run-id",
+            "r",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     cfg = json.loads((tmp_path / "res" / "r" / "config.json").read_text())
     assert cfg["model"]["head"] == "full" and cfg["model"]["finetuned"]["head_only"] is True
 
 
 # ------------------------------------------------------------------------------- mura
+
 
 def test_mura_layout_labels_and_patient_level_split(tmp_path):
     root = tmp_path / "MURA-v1.1"
@@ -335,14 +482,16 @@ def test_mura_layout_labels_and_patient_level_split(tmp_path):
             for study, kind in ((1, "positive"), (2, "negative")):
                 d = root / split / "XR_WRIST" / f"patient{p:05d}" / f"study{study}_{kind}"
                 d.mkdir(parents=True)
-                Image.fromarray(rng.integers(0, 255, (20, 16), dtype=np.uint8), mode="L").save(d / "image1.png")
+                Image.fromarray(rng.integers(0, 255, (20, 16), dtype=np.uint8), mode="L").save(
+                    d / "image1.png"
+                )
                 (d / "._image1.png").write_bytes(b"resource fork")  # macOS litter is ignored
     test = load_dataset("mura", "test", data_root=str(tmp_path))
     assert len(test) == 6 and test.classes == ["normal", "abnormal"]
     for rec in test.records:
         assert rec.label == (1 if "_positive" in rec.path else 0)
     s = test[0]
-    assert s.image.shape == (3, 20, 16) and torch.equal(s.image[0], s.image[1])   # grey → RGB
+    assert s.image.shape == (3, 20, 16) and torch.equal(s.image[0], s.image[1])  # grey → RGB
     train, val = (load_dataset("mura", sp, data_root=str(root)) for sp in ("train", "val"))
     patients = lambda split: {r.id.split("/")[2] for r in split.records}  # noqa: E731
     assert len(train) + len(val) == 60 and len(val) > 0 and not patients(train) & patients(val)

@@ -1,4 +1,5 @@
 """Registries: decorator registration, wildcards, entry-point plugins, helpful errors."""
+
 import sys
 
 import pytest
@@ -9,8 +10,10 @@ from xaibench.registry import Registry
 
 def test_entry_point_plugin_is_loaded(tmp_path, monkeypatch):
     pkg = tmp_path / "my_xai_plugin.py"
-    pkg.write_text("import xaibench_test_registry_target as t\n"
-                   "t.REG.register('entry_point_method')(type('EPM', (), {}))\n")
+    pkg.write_text(
+        "import xaibench_test_registry_target as t\n"
+        "t.REG.register('entry_point_method')(type('EPM', (), {}))\n"
+    )
     target = tmp_path / "xaibench_test_registry_target.py"
     target.write_text("REG = None\n")
     dist = tmp_path / "my_xai_plugin-1.0.dist-info"

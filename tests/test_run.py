@@ -1,4 +1,5 @@
 """End-to-end runs of the CLI on a tiny plugin model: reproducibility, plugins, bad input, resuming."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,19 @@ import pytest
 from xaibench.cli import main
 
 TESTS = Path(__file__).parent
-FAST = ["--model", "tiny_test_vit", "--n-images", "12", "--batch-size", "5", "--metrics", "srg",
-        "--cardinalities", "3", "--quiet"]
+FAST = [
+    "--model",
+    "tiny_test_vit",
+    "--n-images",
+    "12",
+    "--batch-size",
+    "5",
+    "--metrics",
+    "srg",
+    "--cardinalities",
+    "3",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +43,20 @@ def run_dir(out):
 
 def test_same_run_twice_gives_identical_scores(cache, tmp_path, capsys):
     for name in ("a", "b"):
-        assert xb(cache, "run", *FAST, "--methods", "random,oracle,grad_x_input_test", "--out",
-                  str(tmp_path / name)) == 0
+        assert (
+            xb(
+                cache,
+                "run",
+                *FAST,
+                "--methods",
+                "random,oracle,grad_x_input_test",
+                "--out",
+                str(tmp_path / name),
+            )
+            == 0
+        )
     first, second = run_dir(tmp_path / "a"), run_dir(tmp_path / "b")
-    assert first.name == second.name    # the run id is derived from the settings
+    assert first.name == second.name  # the run id is derived from the settings
     assert (first / "scores.csv").read_bytes() == (second / "scores.csv").read_bytes()
     scores = pd.read_csv(first / "scores.csv")
     assert set(scores.method) == {"random", "oracle", "grad_x_input_test"}
@@ -43,12 +65,14 @@ def test_same_run_twice_gives_identical_scores(cache, tmp_path, capsys):
     config = json.loads((first / "config.json").read_text())
     assert config["versions"]["torch"] and config["config"]["seed"] == 0
     assert config["methods"]["random"]["settings"]["preset"] == "quick"
-    assert capsys.readouterr().out.count("| Random") == 2     # the leaderboard is printed
+    assert capsys.readouterr().out.count("| Random") == 2  # the leaderboard is printed
 
 
 def test_another_seed_changes_random_scores(cache, tmp_path):
     for seed in ("0", "1"):
-        assert xb(cache, "run", *FAST, "--methods", "random", "--seed", seed, "--out", str(tmp_path / seed)) == 0
+        assert (
+            xb(cache, "run", *FAST, "--methods", "random", "--seed", seed, "--out", str(tmp_path / seed)) == 0
+        )
     a = pd.read_csv(run_dir(tmp_path / "0") / "scores.csv")
     b = pd.read_csv(run_dir(tmp_path / "1") / "scores.csv")
     assert not a["value"].equals(b["value"])
@@ -62,17 +86,20 @@ def test_plugin_method_is_listed_and_runs(cache, tmp_path, capsys):
     assert set(pd.read_csv(run_dir(tmp_path) / "scores.csv").method) == {"grad_x_input_test"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--methods", "salency"], "unknown method 'salency'.*Did you mean 'saliency'.*Valid"),
-    (["run", "--metrics", "srgg"], "unknown metric 'srgg'"),
-    (["run", "--dataset", "imagenet-x"], "unknown dataset 'imagenet-x'.*synthetic"),
-    (["run", "--model", "vit_tiny_nope"], "unknown model 'vit_tiny_nope'.*xaibench_vit"),
-    (["run", "--n-images", "-3"], "--n-images must be > 0, got -3"),
-    (["run", "--batch-size", "0"], "--batch-size must be > 0, got 0"),
-    (["run", "--removal", "erase"], "unknown removal strategy 'erase'.*drop, mean, blur, distractor"),
-    (["run", "--target", "top"], "unknown target 'top'.*pred, label"),
-    (["--plugin", "no_such_module_xyz", "list", "methods"], "no_such_module_xyz"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--methods", "salency"], "unknown method 'salency'.*Did you mean 'saliency'.*Valid"),
+        (["run", "--metrics", "srgg"], "unknown metric 'srgg'"),
+        (["run", "--dataset", "imagenet-x"], "unknown dataset 'imagenet-x'.*synthetic"),
+        (["run", "--model", "vit_tiny_nope"], "unknown model 'vit_tiny_nope'.*xaibench_vit"),
+        (["run", "--n-images", "-3"], "--n-images must be > 0, got -3"),
+        (["run", "--batch-size", "0"], "--batch-size must be > 0, got 0"),
+        (["run", "--removal", "erase"], "unknown removal strategy 'erase'.*drop, mean, blur, distractor"),
+        (["run", "--target", "top"], "unknown target 'top'.*pred, label"),
+        (["--plugin", "no_such_module_xyz", "list", "methods"], "no_such_module_xyz"),
+    ],
+)
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, capsys, args, message):
     import re
 
@@ -84,8 +111,22 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, capsys, args, messag
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    proc = subprocess.run([sys.executable, "-m", "xaibench", "--cache-dir", str(tmp_path), "run", "--methods",
-                           "gradcamm,random"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xaibench",
+            "--cache-dir",
+            str(tmp_path),
+            "run",
+            "--methods",
+            "gradcamm,random",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "unknown method 'gradcamm'" in proc.stderr
 
@@ -113,8 +154,11 @@ def test_interrupted_run_resumes_without_recomputing(cache, tmp_path, monkeypatc
 
     monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", original)
     assert xb(cache, *args) == 0
-    assert (d / "parts" / "random" / "scores.csv").stat().st_mtime_ns == stamp   # reused, not recomputed
-    assert xb(cache, "run", *FAST, "--methods", "random,grad_x_input_test,oracle", "--out", str(tmp_path / "u")) == 0
+    assert (d / "parts" / "random" / "scores.csv").stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert (
+        xb(cache, "run", *FAST, "--methods", "random,grad_x_input_test,oracle", "--out", str(tmp_path / "u"))
+        == 0
+    )
     assert (d / "scores.csv").read_bytes() == (run_dir(tmp_path / "u") / "scores.csv").read_bytes()
 
 
@@ -128,13 +172,33 @@ def test_a_failing_method_is_recorded_and_the_others_finish(cache, tmp_path, mon
     assert xb(cache, "run", *FAST, "--methods", "random,grad_x_input_test", "--out", str(tmp_path)) == 0
     config = json.loads((run_dir(tmp_path) / "config.json").read_text())
     status = config["methods"]
-    assert status["grad_x_input_test"]["status"] == "failed" and "boom" in status["grad_x_input_test"]["reason"]
+    assert (
+        status["grad_x_input_test"]["status"] == "failed" and "boom" in status["grad_x_input_test"]["reason"]
+    )
     assert status["random"]["status"] == "done"
 
 
 def test_random_srg_is_zero_within_its_interval(cache, tmp_path):
-    assert xb(cache, "run", "--model", "tiny_test_vit", "--n-images", "64", "--metrics", "srg", "--methods",
-              "random", "--cardinalities", "4", "--quiet", "--out", str(tmp_path)) == 0
+    assert (
+        xb(
+            cache,
+            "run",
+            "--model",
+            "tiny_test_vit",
+            "--n-images",
+            "64",
+            "--metrics",
+            "srg",
+            "--methods",
+            "random",
+            "--cardinalities",
+            "4",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        )
+        == 0
+    )
     board = pd.read_csv(run_dir(tmp_path) / "leaderboard.csv")
     row = board[(board.method == "random") & (board.metric == "srg")].iloc[0]
     assert row.ci_low <= 0 <= row.ci_high
@@ -166,14 +230,15 @@ def test_a_changed_method_is_recomputed_not_reused(cache, tmp_path, monkeypatch)
     part = run_dir(tmp_path) / "parts" / "random" / "scores.csv"
     stamp = part.stat().st_mtime_ns
     assert xb(cache, *args) == 0
-    assert part.stat().st_mtime_ns == stamp                      # same code: reused
+    assert part.stat().st_mtime_ns == stamp  # same code: reused
     monkeypatch.setattr(harness, "_code_fingerprint", lambda classes: "edited")
     assert xb(cache, *args) == 0
-    assert part.stat().st_mtime_ns != stamp                      # edited code: recomputed
+    assert part.stat().st_mtime_ns != stamp  # edited code: recomputed
 
 
 def test_classifier_training_is_reproducible(tmp_path):
     import plugin_tiny  # noqa: F401  (registers tiny_test_vit)
+
     from xaibench.models import load_model
 
     a = load_model("tiny_test_vit", cache_dir=str(tmp_path / "a"), progress=False)

@@ -1,11 +1,11 @@
 """The synthetic dataset: deterministic, prefix-stable, and its masks are exactly the class object."""
+
 from collections import deque
 
 import pytest
 import torch
 
-from xaibench.datasets import Sample, TensorSplit, load_dataset
-from xaibench.datasets import synthetic
+from xaibench.datasets import Sample, TensorSplit, load_dataset, synthetic
 from xaibench.datasets.synthetic import CLASS_COLOURS, CLASSES, COLOUR_JITTER, SHAPES, generate
 from xaibench.errors import UserError
 
@@ -36,8 +36,11 @@ def _connected(mask: torch.Tensor) -> bool:
         if (y, x) in seen:
             continue
         seen.add((y, x))
-        queue.extend(n for n in ((y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-                     if n in pixels and n not in seen)
+        queue.extend(
+            n
+            for n in ((y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+            if n in pixels and n not in seen
+        )
     return seen == pixels
 
 
@@ -113,8 +116,8 @@ def test_mask_is_exactly_the_object(size, data64):
 
 def test_no_class_colour_outside_the_mask(data64):
     images, _, masks = data64
-    pixels = images.permute(0, 2, 3, 1)[~masks].int()                       # (P, 3)
-    distance = (pixels[:, None, :] - CLASS_RGB[None]).abs().amax(-1)      # to each class colour
+    pixels = images.permute(0, 2, 3, 1)[~masks].int()  # (P, 3)
+    distance = (pixels[:, None, :] - CLASS_RGB[None]).abs().amax(-1)  # to each class colour
     assert distance.min() > 2 * COLOUR_JITTER
     # distractors are there: saturated pixels outside the mask in most images
     spread = images.int().amax(1) - images.int().amin(1)
@@ -125,7 +128,7 @@ def test_no_class_colour_outside_the_mask(data64):
 
 
 def test_object_shape_matches_label(data64):
-    _, labels, masks = data64      # at 64 px: at 32 px the smallest cross and circle look alike
+    _, labels, masks = data64  # at 64 px: at 32 px the smallest cross and circle look alike
     fill, middle_row, hole = _shape_signature(masks)
     shape = labels % len(SHAPES)
     signature = {
@@ -149,15 +152,21 @@ def test_load_dataset_returns_tensor_split():
     assert 0.0 <= sample.image.min() and sample.image.max() <= 1.0
     assert isinstance(sample.label, int) and 0 <= sample.label < 10
     assert sample.mask.dtype == torch.bool and sample.mask.shape == (64, 64)
-    assert load_dataset("synthetic", "test", n_test=20).images is split.images     # cached
+    assert load_dataset("synthetic", "test", n_test=20).images is split.images  # cached
     longer = load_dataset("synthetic", "test", n_test=40)
     assert torch.equal(longer.images[:20], split.images) and longer.ids[:20] == split.ids
 
 
-@pytest.mark.parametrize("options, name", [
-    (dict(n_test=0), "n_test"), (dict(n_train=-5), "n_train"), (dict(n_val=2.5), "n_val"),
-    (dict(image_size=16), "image_size"), (dict(seed="zero"), "seed"),
-])
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        (dict(n_test=0), "n_test"),
+        (dict(n_train=-5), "n_train"),
+        (dict(n_val=2.5), "n_val"),
+        (dict(image_size=16), "image_size"),
+        (dict(seed="zero"), "seed"),
+    ],
+)
 def test_bad_arguments_raise(options, name):
     with pytest.raises(ValueError, match=name) as caught:
         load_dataset("synthetic", "test", **options)

@@ -3,6 +3,7 @@
 A dataset is registered as a factory ``f(split, *, seed, cache_dir, data_root, **options)``
 that returns a :class:`DatasetSplit`; unknown options are ignored by the factory.
 """
+
 from __future__ import annotations
 
 from ..registry import DATASETS
@@ -26,7 +27,11 @@ def list_datasets(pattern: str = "*"):
     return DATASETS.names(pattern)
 
 
-from . import synthetic  # noqa: E402,F401  (registers the embedded default)
-from . import imagenette, mura, pets  # noqa: E402,F401  (real datasets: download or --data-root)
+from . import (  # noqa: E402,F401  (real datasets: download or --data-root)
+    imagenette,
+    mura,
+    pets,
+    synthetic,  # noqa: E402,F401  (registers the embedded default)
+)
 
 __all__ = ["DatasetSplit", "Sample", "TensorSplit", "register_dataset", "load_dataset", "list_datasets"]

@@ -5,6 +5,7 @@ of shape (3, H, W), an integer label, an optional boolean ground-truth mask (H, 
 of the class-defining object, and a string id that is stable across runs (seeds
 are derived from it, see :mod:`xaibench.seeding`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ import torch
 
 @dataclass
 class Sample:
-    image: torch.Tensor            # (3, H, W) float32 in [0, 1]
+    image: torch.Tensor  # (3, H, W) float32 in [0, 1]
     label: int
-    mask: Optional[torch.Tensor]   # (H, W) bool, or None when the dataset has no masks
+    mask: Optional[torch.Tensor]  # (H, W) bool, or None when the dataset has no masks
     id: str
 
 
@@ -51,8 +52,16 @@ class DatasetSplit(torch.utils.data.Dataset):
 class TensorSplit(DatasetSplit):
     """A split held in memory: images as uint8 (N, 3, H, W), labels (N,), masks bool (N, H, W)."""
 
-    def __init__(self, name: str, split: str, classes: Sequence[str], images: torch.Tensor,
-                 labels: torch.Tensor, ids: Sequence[str], masks: Optional[torch.Tensor] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        classes: Sequence[str],
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        ids: Sequence[str],
+        masks: Optional[torch.Tensor] = None,
+    ) -> None:
         super().__init__()
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")

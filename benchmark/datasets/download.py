@@ -14,6 +14,7 @@ written, so a failed or interrupted extraction never leaves a half-filled datase
 dataset URL by a base URL of the user's choice (the file name is appended), for
 institutional mirrors; the pinned checksums still apply.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,23 +84,34 @@ def download(url: str, dest: Path, checksum: str, *, progress: bool = True) -> P
             try:
                 response = urllib.request.urlopen(url, timeout=60)
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise UserError(f"could not download {url}: {exc}. Check the network connection, or "
-                                f"download the file yourself and pass --data-root") from exc
+                raise UserError(
+                    f"could not download {url}: {exc}. Check the network connection, or "
+                    f"download the file yourself and pass --data-root"
+                ) from exc
             with response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 from tqdm.auto import tqdm
 
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
-                          disable=not progress, leave=False, file=sys.stderr) as bar:
+                with tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"downloading {dest.name}",
+                    disable=not progress,
+                    leave=False,
+                    file=sys.stderr,
+                ) as bar:
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         out.write(chunk)
                         h.update(chunk)
                         bar.update(len(chunk))
         actual = h.hexdigest()
         if actual != expected:
-            raise UserError(f"checksum mismatch for {dest.name} downloaded from {url}: expected {algorithm} "
-                            f"{expected}, got {actual}. The file was removed and nothing was extracted; "
-                            f"run the command again, or download the dataset yourself and pass --data-root")
+            raise UserError(
+                f"checksum mismatch for {dest.name} downloaded from {url}: expected {algorithm} "
+                f"{expected}, got {actual}. The file was removed and nothing was extracted; "
+                f"run the command again, or download the dataset yourself and pass --data-root"
+            )
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -110,7 +122,9 @@ def download(url: str, dest: Path, checksum: str, *, progress: bool = True) -> P
 def _safe_relative(name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise UserError(f"refusing to extract archive member '{name}': it points outside the target directory")
+        raise UserError(
+            f"refusing to extract archive member '{name}': it points outside the target directory"
+        )
     return path
 
 
@@ -162,8 +176,10 @@ def extract_archive(archive: Path, target: Path) -> Path:
             try:
                 _extract_tar(archive, tmp)
             except tarfile.TarError as exc:
-                raise UserError(f"cannot unpack {archive}: {exc}. The archive was removed; run the command "
-                                f"again to download it anew") from exc
+                raise UserError(
+                    f"cannot unpack {archive}: {exc}. The archive was removed; run the command "
+                    f"again to download it anew"
+                ) from exc
         os.replace(tmp, target)
     except UserError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,8 +191,15 @@ def extract_archive(archive: Path, target: Path) -> Path:
     return target
 
 
-def fetch_archive(name: str, url: str, checksum: str, *, cache_dir: Optional[str] = None,
-                  progress: bool = True, keep_archive: bool = False) -> Path:
+def fetch_archive(
+    name: str,
+    url: str,
+    checksum: str,
+    *,
+    cache_dir: Optional[str] = None,
+    progress: bool = True,
+    keep_archive: bool = False,
+) -> Path:
     """Download (if needed) and extract one archive of dataset ``name``; return the directory
     that holds its members (``<cache>/datasets/<name>/<archive stem>``)."""
     root = dataset_cache(name, cache_dir)

@@ -14,6 +14,7 @@ aligned. :func:`attach_preprocessing` gives a split the model's preprocessing.
 An image that cannot be decoded raises :class:`CorruptImage`; :func:`read_samples` (what the
 harness uses) skips it and records ``(path, reason)`` in ``split.skipped``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,11 +61,15 @@ def holdout(text: str, fraction_tenths: int = 1) -> bool:
 
 def list_images(directory: Path) -> List[Path]:
     """Image files under ``directory`` (recursive, sorted), macOS ``._`` resource forks excluded."""
-    return sorted(p for p in directory.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._") and p.is_file())
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._") and p.is_file()
+    )
 
 
 # ----------------------------------------------------------------------------- preprocessing
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -86,9 +91,12 @@ class Preprocessing:
     def from_timm(cls, config: dict) -> "Preprocessing":
         size = tuple(int(s) for s in config["input_size"][-2:])
         interp = config.get("interpolation", "bilinear")
-        return cls(size, float(config.get("crop_pct") or 1.0),
-                   interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear",
-                   config.get("crop_mode") or "center")
+        return cls(
+            size,
+            float(config.get("crop_pct") or 1.0),
+            interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear",
+            config.get("crop_mode") or "center",
+        )
 
     def _resized_size(self, h: int, w: int) -> Tuple[int, int]:
         th, tw = self.input_size
@@ -102,27 +110,34 @@ class Preprocessing:
         scale = max(sh / h, sw / w)
         return max(sh, int(round(h * scale))), max(sw, int(round(w * scale)))
 
-    def __call__(self, image: torch.Tensor, mask: Optional[torch.Tensor] = None
-                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def __call__(
+        self, image: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """image (3, H, W) float in [0, 1], mask (H, W) bool → both at ``input_size``."""
         h, w = image.shape[-2:]
         rh, rw = self._resized_size(h, w)
         if (rh, rw) != (h, w):
             mode = self.interpolation
-            image = F.interpolate(image[None], size=(rh, rw), mode=mode,
-                                  antialias=mode != "nearest", align_corners=False if mode != "nearest" else None)[0]
+            image = F.interpolate(
+                image[None],
+                size=(rh, rw),
+                mode=mode,
+                antialias=mode != "nearest",
+                align_corners=False if mode != "nearest" else None,
+            )[0]
             image = image.clamp(0, 1)
             if mask is not None:
                 mask = F.interpolate(mask[None, None].float(), size=(rh, rw), mode="nearest")[0, 0] > 0.5
         th, tw = self.input_size
         top, left = (rh - th) // 2, (rw - tw) // 2
-        image = image[:, top: top + th, left: left + tw]
+        image = image[:, top : top + th, left : left + tw]
         if mask is not None:
-            mask = mask[top: top + th, left: left + tw]
+            mask = mask[top : top + th, left : left + tw]
         return image.contiguous(), None if mask is None else mask.contiguous()
 
 
 # ----------------------------------------------------------------------------------- decoding
+
 
 def decode_image(path: str) -> torch.Tensor:
     """(3, H, W) float32 in [0, 1]; grey, palette and CMYK images become RGB."""
@@ -161,9 +176,17 @@ class ImageFileSplit(DatasetSplit):
     images and masks to the model's input size; without it images keep their own size.
     """
 
-    def __init__(self, name: str, split: str, classes: Sequence[str], records: Sequence[ImageRecord],
-                 *, root: Optional[str] = None, mask_fn: Optional[Callable[[str], torch.Tensor]] = None,
-                 imagenet_indices: Optional[Sequence[int]] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        classes: Sequence[str],
+        records: Sequence[ImageRecord],
+        *,
+        root: Optional[str] = None,
+        mask_fn: Optional[Callable[[str], torch.Tensor]] = None,
+        imagenet_indices: Optional[Sequence[int]] = None,
+    ) -> None:
         super().__init__()
         self.name, self.split, self.classes = name, split, list(classes)
         self.records = sorted(records, key=lambda r: stable_order_key(r.id))
@@ -187,7 +210,9 @@ class ImageFileSplit(DatasetSplit):
         if self.mask_fn is not None:
             mask = self.mask_fn(rec.mask_path)
             if tuple(mask.shape) != tuple(image.shape[1:]):
-                raise CorruptImage(rec.mask_path, f"mask is {tuple(mask.shape)}, image {tuple(image.shape[1:])}")
+                raise CorruptImage(
+                    rec.mask_path, f"mask is {tuple(mask.shape)}, image {tuple(image.shape[1:])}"
+                )
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return Sample(image, rec.label, mask, rec.id)

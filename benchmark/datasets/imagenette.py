@@ -14,6 +14,7 @@ the other 90%. Labels 0–9 follow :data:`CLASSES`; :data:`IMAGENET_INDICES` giv
 ImageNet-1k index, so an ImageNet classifier is evaluated with its head restricted to these
 ten logits, without training.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,17 +42,28 @@ CLASSES = [name for name, _ in WNIDS.values()]
 IMAGENET_INDICES = [index for _, index in WNIDS.values()]
 
 ARCHIVES = {
-    "160": ("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz", "md5:e793b78cc4c9e9a4ccc0c1155377a412"),
-    "320": ("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz", "md5:3df6f0d01a2c9592104656642f5e78a3"),
-    "full": ("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz", "md5:fe2fc210e6bb7c5664d602c3cd71e612"),
+    "160": (
+        "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
+        "md5:e793b78cc4c9e9a4ccc0c1155377a412",
+    ),
+    "320": (
+        "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",
+        "md5:3df6f0d01a2c9592104656642f5e78a3",
+    ),
+    "full": (
+        "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz",
+        "md5:fe2fc210e6bb7c5664d602c3cd71e612",
+    ),
 }
 DEFAULT_SIZE = "320"
 
 
 def _layout_help(size: str) -> str:
     url = ARCHIVES.get(size, ARCHIVES[DEFAULT_SIZE])[0]
-    return (f"expected the layout of {url.rsplit('/', 1)[-1]} ({url}): <root>/train/<wnid>/*.JPEG and "
-            f"<root>/val/<wnid>/*.JPEG with the WordNet ids {', '.join(WNIDS)}")
+    return (
+        f"expected the layout of {url.rsplit('/', 1)[-1]} ({url}): <root>/train/<wnid>/*.JPEG and "
+        f"<root>/val/<wnid>/*.JPEG with the WordNet ids {', '.join(WNIDS)}"
+    )
 
 
 def find_root(path: Path) -> Optional[Path]:
@@ -73,16 +85,25 @@ def _records(root: Path, folder: str):
     for label, wnid in enumerate(WNIDS):
         directory = base / wnid
         if not directory.is_dir():
-            raise UserError(f"imagenette at {root} has no folder {folder}/{wnid} ({CLASSES[label]}); "
-                            f"{_layout_help(DEFAULT_SIZE)}")
+            raise UserError(
+                f"imagenette at {root} has no folder {folder}/{wnid} ({CLASSES[label]}); "
+                f"{_layout_help(DEFAULT_SIZE)}"
+            )
         for p in list_images(directory):
             records.append(ImageRecord(str(p), label, f"{folder}/{wnid}/{p.stem}"))
     return records
 
 
 @register_dataset("imagenette")
-def load_imagenette(split: str, *, data_root: Optional[str] = None, cache_dir: Optional[str] = None,
-                    size: str = DEFAULT_SIZE, progress: bool = True, **_ignored) -> ImageFileSplit:
+def load_imagenette(
+    split: str,
+    *,
+    data_root: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    size: str = DEFAULT_SIZE,
+    progress: bool = True,
+    **_ignored,
+) -> ImageFileSplit:
     """fast.ai Imagenette 2 (10 ImageNet classes; downloaded with a pinned checksum, or --data-root)."""
     size = str(size).lower().removesuffix("px")
     if size not in ARCHIVES:
@@ -90,22 +111,28 @@ def load_imagenette(split: str, *, data_root: Optional[str] = None, cache_dir: O
     if data_root:
         root = find_root(Path(data_root).expanduser())
         if root is None:
-            raise UserError(f"no Imagenette found at --data-root {data_root}: {_layout_help(size)}. "
-                            f"Leave out --data-root to download it into the cache")
+            raise UserError(
+                f"no Imagenette found at --data-root {data_root}: {_layout_help(size)}. "
+                f"Leave out --data-root to download it into the cache"
+            )
     else:
         url, checksum = ARCHIVES[size]
         extracted = fetch_archive("imagenette", url, checksum, cache_dir=cache_dir, progress=progress)
         root = find_root(extracted)
         if root is None:
-            raise UserError(f"the archive {url} unpacked into {extracted} does not have the Imagenette "
-                            f"layout: {_layout_help(size)}")
+            raise UserError(
+                f"the archive {url} unpacked into {extracted} does not have the Imagenette "
+                f"layout: {_layout_help(size)}"
+            )
     if split == "test":
         records = _records(root, "val")
     else:
         records = [r for r in _records(root, "train") if holdout(r.id) == (split == "val")]
     if not records:
         raise UserError(f"imagenette at {root} has no images for split '{split}'; {_layout_help(size)}")
-    return ImageFileSplit("imagenette", split, CLASSES, records, root=str(root), imagenet_indices=IMAGENET_INDICES)
+    return ImageFileSplit(
+        "imagenette", split, CLASSES, records, root=str(root), imagenet_indices=IMAGENET_INDICES
+    )
 
 
 load_imagenette.classes = CLASSES

@@ -11,6 +11,7 @@ Splits: ``test`` = the official ``valid/`` folder (MURA's test set is not public
 images of a fixed 10% of the *patients* of ``train/`` (chosen by a hash of the patient id, so
 no patient is in both); ``train`` = the rest.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,10 +23,12 @@ from .folder import ImageFileSplit, ImageRecord, holdout, list_images
 
 CLASSES = ["normal", "abnormal"]
 URL = "https://stanfordmlgroup.github.io/competitions/mura/"
-HOW_TO_GET = (f"MURA needs a registration and cannot be downloaded automatically: request it at {URL}, unpack "
-              f"MURA-v1.1.zip and pass --data-root PATH, where PATH is the MURA-v1.1 folder (or its parent) with "
-              f"the layout MURA-v1.1/{{train,valid}}/XR_<BODY PART>/patient<id>/study<n>_{{positive,negative}}/"
-              f"image<k>.png")
+HOW_TO_GET = (
+    f"MURA needs a registration and cannot be downloaded automatically: request it at {URL}, unpack "
+    f"MURA-v1.1.zip and pass --data-root PATH, where PATH is the MURA-v1.1 folder (or its parent) with "
+    f"the layout MURA-v1.1/{{train,valid}}/XR_<BODY PART>/patient<id>/study<n>_{{positive,negative}}/"
+    f"image<k>.png"
+)
 
 
 def find_root(path: Path) -> Optional[Path]:

@@ -26,6 +26,7 @@ metrics that need ground truth (RMA, RRA, PxAP, MIF/LIF) can be computed.
 Every image is a function of ``(seed, split, index)`` only: image ``i`` is the same
 whatever the split's size, and the labels are balanced in consecutive groups of 10.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,15 +45,21 @@ from .base import TensorSplit
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 CLASS_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
 CLASSES = [f"{colour}_{shape}" for colour in CLASS_COLOURS for shape in SHAPES]
-DISTRACTOR_COLOURS = ((40, 170, 60), (225, 205, 40), (40, 190, 200),
-                      (240, 140, 30), (240, 240, 240), (20, 20, 20))
+DISTRACTOR_COLOURS = (
+    (40, 170, 60),
+    (225, 205, 40),
+    (40, 190, 200),
+    (240, 140, 30),
+    (240, 240, 240),
+    (20, 20, 20),
+)
 
-COLOUR_JITTER = 12            # per channel, object and distractors
+COLOUR_JITTER = 12  # per channel, object and distractors
 MAX_DISTRACTORS = 3
 PLACEMENT_TRIES = 10
 MIN_IMAGE_SIZE = 32
-_UNIFORMS_PER_IMAGE = 160     # fixed, so that the stream of an image never changes
-_RENDER_BATCH = 500           # images rendered at once (bounds memory only)
+_UNIFORMS_PER_IMAGE = 160  # fixed, so that the stream of an image never changes
+_RENDER_BATCH = 500  # images rendered at once (bounds memory only)
 
 
 class InvalidArgument(UserError, ValueError):
@@ -63,6 +70,7 @@ class InvalidArgument(UserError, ValueError):
 # Each shape is a predicate on coordinates (u, v) in units of the object's radius (v points
 # down); every shape lies inside the box [-1, 1]^2, so a radius-r object whose centre is at
 # least r from the border fits in the image.
+
 
 def _circle(u, v):
     return u * u + v * v <= 1.0
@@ -83,7 +91,7 @@ def _cross(u, v):
 
 def _ring(u, v):
     rho2 = u * u + v * v
-    return (rho2 <= 1.0) & (rho2 >= 0.55 ** 2)
+    return (rho2 <= 1.0) & (rho2 >= 0.55**2)
 
 
 _SHAPE_FNS = (_circle, _square, _triangle, _cross, _ring)
@@ -97,13 +105,14 @@ def _shape_masks(shape, cx, cy, radius, size: int) -> torch.Tensor:
         chosen = shape == index
         if chosen.any():
             r = radius[chosen].view(-1, 1, 1)
-            u = (coords.view(1, 1, -1) - cx[chosen].view(-1, 1, 1)) / r     # (k, 1, size)
-            v = (coords.view(1, -1, 1) - cy[chosen].view(-1, 1, 1)) / r     # (k, size, 1)
+            u = (coords.view(1, 1, -1) - cx[chosen].view(-1, 1, 1)) / r  # (k, 1, size)
+            v = (coords.view(1, -1, 1) - cy[chosen].view(-1, 1, 1)) / r  # (k, size, 1)
             masks[chosen] = shape_fn(u, v)
     return masks
 
 
 # ---------------------------------------------------------------------- parameters
+
 
 class _Uniforms:
     """Hands out consecutive columns of a (N, K) matrix of uniforms, reshaped."""
@@ -115,25 +124,31 @@ class _Uniforms:
         count = math.prod(shape)
         if self.used + count > self.uniforms.shape[1]:
             raise AssertionError("synthetic: _UNIFORMS_PER_IMAGE is too small")
-        out = self.uniforms[:, self.used:self.used + count]
+        out = self.uniforms[:, self.used : self.used + count]
         self.used += count
         return out.reshape(-1, *shape)
 
 
 def _image_uniforms(seed: int, split: str, start: int, stop: int) -> torch.Tensor:
-    return torch.stack([torch.rand(_UNIFORMS_PER_IMAGE, generator=generator(seed, "synthetic", split, i))
-                        for i in range(start, stop)])
+    return torch.stack(
+        [
+            torch.rand(_UNIFORMS_PER_IMAGE, generator=generator(seed, "synthetic", split, i))
+            for i in range(start, stop)
+        ]
+    )
 
 
 def _labels(seed: int, split: str, n: int) -> torch.Tensor:
     """Each consecutive group of 10 images holds every class once, in a seeded order."""
-    groups = [torch.randperm(len(CLASSES), generator=generator(seed, "synthetic", split, "labels", g))
-              for g in range(-(-n // len(CLASSES)))]
+    groups = [
+        torch.randperm(len(CLASSES), generator=generator(seed, "synthetic", split, "labels", g))
+        for g in range(-(-n // len(CLASSES)))
+    ]
     return torch.cat(groups)[:n]
 
 
 def _radius(u: torch.Tensor, scale: float) -> torch.Tensor:
-    return scale * (7.0 + 7.0 * u)          # 14-28 px across at 64 px
+    return scale * (7.0 + 7.0 * u)  # 14-28 px across at 64 px
 
 
 def _jittered(base: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -146,8 +161,13 @@ def _object_params(draw: _Uniforms, labels: torch.Tensor, size: int) -> dict:
     radius = _radius(draw.take(1)[:, 0], scale)
     cx, cy = (radius + u * (size - 1 - 2 * radius) for u in draw.take(2).unbind(1))
     class_colours = torch.tensor(list(CLASS_COLOURS.values()))
-    return dict(shape=labels % len(SHAPES), cx=cx, cy=cy, radius=radius,
-                colour=_jittered(class_colours[labels // len(SHAPES)], draw.take(3)))
+    return dict(
+        shape=labels % len(SHAPES),
+        cx=cx,
+        cy=cy,
+        radius=radius,
+        colour=_jittered(class_colours[labels // len(SHAPES)], draw.take(3)),
+    )
 
 
 def _distractor_params(draw: _Uniforms, obj: dict, size: int) -> dict:
@@ -156,8 +176,9 @@ def _distractor_params(draw: _Uniforms, obj: dict, size: int) -> dict:
     count = 1 + (draw.take(1) * d).long().clamp(max=d - 1)
     shape = (draw.take(d) * len(SHAPES)).long().clamp(max=len(SHAPES) - 1)
     palette = torch.tensor(DISTRACTOR_COLOURS)
-    colour = _jittered(palette[(draw.take(d) * len(palette)).long().clamp(max=len(palette) - 1)],
-                       draw.take(d, 3))
+    colour = _jittered(
+        palette[(draw.take(d) * len(palette)).long().clamp(max=len(palette) - 1)], draw.take(d, 3)
+    )
     radius = _radius(draw.take(d), scale)
     # candidate placements (N, d, tries), shrinking a little from try to try so that
     # most fit beside a large object; the first one clear of the object's box wins
@@ -166,8 +187,9 @@ def _distractor_params(draw: _Uniforms, obj: dict, size: int) -> dict:
     cx, cy = (r + tries[..., k] * (size - 1 - 2 * r) for k in (0, 1))
     margin = max(2.0, 2 * scale)
     clearance = r + obj["radius"].view(n, 1, 1) + margin
-    clear = ((cx - obj["cx"].view(n, 1, 1)).abs() > clearance) | \
-            ((cy - obj["cy"].view(n, 1, 1)).abs() > clearance)
+    clear = ((cx - obj["cx"].view(n, 1, 1)).abs() > clearance) | (
+        (cy - obj["cy"].view(n, 1, 1)).abs() > clearance
+    )
     first = clear.float().argmax(-1, keepdim=True)
     present = clear.any(-1) & (torch.arange(d).view(1, d) < count)
     cx, cy, radius = (t.gather(-1, first)[..., 0] for t in (cx, cy, r))
@@ -176,15 +198,17 @@ def _distractor_params(draw: _Uniforms, obj: dict, size: int) -> dict:
 
 # ----------------------------------------------------------------------- rendering
 
+
 def _background(draw: _Uniforms, size: int) -> torch.Tensor:
     """Muted textured backgrounds, float (N, 3, size, size) in [0, 255]."""
     scale = size / 64
     up = functools.partial(F.interpolate, size=(size, size), mode="bilinear", align_corners=False)
     grey = up(70.0 + 110.0 * draw.take(1, 4, 4))
-    tint = up(36.0 * (draw.take(3, 3, 3) - 0.5))      # channels differ by at most 36
+    tint = up(36.0 * (draw.take(3, 3, 3) - 0.5))  # channels differ by at most 36
     n = grey.shape[0]
     is_checker, amplitude, period, angle, phase_x, phase_y = (
-        c.view(n, 1, 1, 1) for c in draw.take(6).unbind(1))
+        c.view(n, 1, 1, 1) for c in draw.take(6).unbind(1)
+    )
     is_checker = is_checker < 0.5
     amplitude, period = 8.0 + 17.0 * amplitude, scale * (6.0 + 10.0 * period)
     angle, phase_x, phase_y = math.pi * angle, 2 * math.pi * phase_x, 2 * math.pi * phase_y
@@ -217,6 +241,7 @@ def _render(uniforms: torch.Tensor, labels: torch.Tensor, size: int):
 
 # -------------------------------------------------------------------------- public
 
+
 def _check_integer(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidArgument(f"{name} must be an integer, got {value!r}")
@@ -237,8 +262,9 @@ def _check_args(seed, split: str, image_size) -> Tuple[int, int]:
     return _check_integer("seed", seed), _check_count("image_size", image_size, MIN_IMAGE_SIZE)
 
 
-def generate(n: int, seed: int, split: str, image_size: int = 64
-             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def generate(
+    n: int, seed: int, split: str, image_size: int = 64
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first ``n`` images of a split: images uint8 (n, 3, H, W), labels int64 (n,),
     masks bool (n, H, W) of the class-defining object."""
     n = _check_count("n", n)
@@ -247,8 +273,9 @@ def generate(n: int, seed: int, split: str, image_size: int = 64
     images, masks = [], []
     for start in range(0, n, _RENDER_BATCH):
         stop = min(n, start + _RENDER_BATCH)
-        batch_images, batch_masks = _render(_image_uniforms(seed, split, start, stop),
-                                            labels[start:stop], image_size)
+        batch_images, batch_masks = _render(
+            _image_uniforms(seed, split, start, stop), labels[start:stop], image_size
+        )
         images.append(batch_images)
         masks.append(batch_masks)
     return torch.cat(images), labels, torch.cat(masks)
@@ -260,11 +287,21 @@ def _generate_cached(n: int, seed: int, split: str, image_size: int):
 
 
 @register_dataset("synthetic")
-def load_synthetic(split: str, *, seed: int = 0, n_train: int = 6000, n_val: int = 1000,
-                   n_test: int = 1000, image_size: int = 64, **_ignored) -> TensorSplit:
+def load_synthetic(
+    split: str,
+    *,
+    seed: int = 0,
+    n_train: int = 6000,
+    n_val: int = 1000,
+    n_test: int = 1000,
+    image_size: int = 64,
+    **_ignored,
+) -> TensorSplit:
     """A split of the synthetic dataset (cached in-process; treat its tensors as read-only)."""
-    sizes = {name: _check_count(f"n_{name}", n)
-             for name, n in (("train", n_train), ("val", n_val), ("test", n_test))}
+    sizes = {
+        name: _check_count(f"n_{name}", n)
+        for name, n in (("train", n_train), ("val", n_val), ("test", n_test))
+    }
     seed, image_size = _check_args(seed, split, image_size)
     n = sizes[split]
     images, labels, masks = _generate_cached(n, seed, split, image_size)

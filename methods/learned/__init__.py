@@ -3,4 +3,5 @@
 Trained once per dataset × classifier × recipe × seed and cached (``<cache>/explainers/``);
 training resumes from its last epoch after an interruption. See :mod:`.common`.
 """
+
 from . import comet, salvage, vit_shapley  # noqa: F401  (register the methods)

@@ -6,6 +6,7 @@ loss. Training (``fit``): for each batch, the surrogate's v(N), v(∅) and v(S) 
 masks S (token dropping, no gradients), the explainer's outputs on the clean images, the loss,
 one AdamW step. Both are ViT-only (the explainer is built on the ViT backbone).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +17,28 @@ import torch
 from xaibench.attribution import Attribution
 
 from ..base import AttributionMethod, Requires
-from .common import ExplainerRecipe, cache_key, seeded_init, dataset_name, epoch_batches, split_images, train_cached
+from .common import (
+    ExplainerRecipe,
+    cache_key,
+    dataset_name,
+    epoch_batches,
+    seeded_init,
+    split_images,
+    train_cached,
+)
 from .explainer import PatchExplainer
 from .surrogate import REMOVAL, fit_surrogate
 
-RECIPE_FIELDS = ("epochs", "batch_size", "masks_per_image", "lr", "weight_decay", "steps_per_epoch",
-                 "freeze_backbone", "mlp_hidden")
+RECIPE_FIELDS = (
+    "epochs",
+    "batch_size",
+    "masks_per_image",
+    "lr",
+    "weight_decay",
+    "steps_per_epoch",
+    "freeze_backbone",
+    "mlp_hidden",
+)
 
 
 class AmortizedExplainer(AttributionMethod):
@@ -37,11 +54,19 @@ class AmortizedExplainer(AttributionMethod):
     def out_dim(self, num_classes: int) -> int:
         raise NotImplementedError
 
-    def sample_masks(self, out: torch.Tensor, v_full: torch.Tensor, num_masks: int, g: torch.Generator) -> torch.Tensor:
+    def sample_masks(
+        self, out: torch.Tensor, v_full: torch.Tensor, num_masks: int, g: torch.Generator
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, out: torch.Tensor, keep: torch.Tensor, v_masked: torch.Tensor, v_full: torch.Tensor,
-             v_empty: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self,
+        out: torch.Tensor,
+        keep: torch.Tensor,
+        v_masked: torch.Tensor,
+        v_full: torch.Tensor,
+        v_empty: torch.Tensor,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def values(self, out: torch.Tensor, v_full: torch.Tensor, v_empty: torch.Tensor) -> torch.Tensor:
@@ -59,8 +84,13 @@ class AmortizedExplainer(AttributionMethod):
     def game_endpoints(self, x: torch.Tensor):
         """Surrogate probabilities v(N) and v(∅), (B, C) each."""
         P = self.surrogate.num_patches
-        keep = torch.stack([torch.ones(len(x), P, dtype=torch.bool, device=x.device),
-                            torch.zeros(len(x), P, dtype=torch.bool, device=x.device)], 1)
+        keep = torch.stack(
+            [
+                torch.ones(len(x), P, dtype=torch.bool, device=x.device),
+                torch.zeros(len(x), P, dtype=torch.bool, device=x.device),
+            ],
+            1,
+        )
         v = self.surrogate.masked_probs(x, keep, REMOVAL)
         return v[:, 0], v[:, 1]
 
@@ -69,18 +99,31 @@ class AmortizedExplainer(AttributionMethod):
         sur, sur_key, sur_info = fit_surrogate(adapter, train_data, ctx)
         self.surrogate = sur
         C, device = adapter.num_classes, adapter.device
-        net = seeded_init(ctx.seed, self.name, build=lambda: PatchExplainer(
-            sur.model, adapter.num_prefix_tokens, self.out_dim(C), recipe.mlp_hidden, recipe.freeze_backbone)).to(device)
+        net = seeded_init(
+            ctx.seed,
+            self.name,
+            build=lambda: PatchExplainer(
+                sur.model,
+                adapter.num_prefix_tokens,
+                self.out_dim(C),
+                recipe.mlp_hidden,
+                recipe.freeze_backbone,
+            ),
+        ).to(device)
         net.backbone.requires_grad_(not recipe.freeze_backbone)
         self.init_head(net)
-        key = cache_key(self.name, adapter, recipe, ctx.seed, dataset_name(ctx, train_data),
-                        extra={"surrogate": sur_key})
+        key = cache_key(
+            self.name, adapter, recipe, ctx.seed, dataset_name(ctx, train_data), extra={"surrogate": sur_key}
+        )
         steps = recipe.steps(len(train_data))
         holder = {}
 
         def make_opt():
-            holder["opt"] = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=recipe.lr,
-                                              weight_decay=recipe.weight_decay)
+            holder["opt"] = torch.optim.AdamW(
+                [p for p in net.parameters() if p.requires_grad],
+                lr=recipe.lr,
+                weight_decay=recipe.weight_decay,
+            )
             return holder["opt"]
 
         def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
@@ -100,14 +143,28 @@ class AmortizedExplainer(AttributionMethod):
                 bar.step(float(loss.detach()))
             return {"loss": total / steps}
 
-        info = train_cached(Path(ctx.cache_dir) / key, {"explainer": net}, make_opt, recipe.epochs, steps, run_epoch,
-                            seed=ctx.seed, desc=self.name, progress=ctx.progress,
-                            meta={"surrogate": sur_key})
+        info = train_cached(
+            Path(ctx.cache_dir) / key,
+            {"explainer": net},
+            make_opt,
+            recipe.epochs,
+            steps,
+            run_epoch,
+            seed=ctx.seed,
+            desc=self.name,
+            progress=ctx.progress,
+            meta={"surrogate": sur_key},
+        )
         net.eval()
         self.net = net
-        self.fit_info = {"surrogate_seconds": sur_info.get("train_seconds"),
-                         "surrogate_cached": sur_info.get("cached"), "explainer_seconds": info.get("train_seconds"),
-                         "explainer_cached": info.get("cached"), "cache_key": key, "surrogate_key": sur_key}
+        self.fit_info = {
+            "surrogate_seconds": sur_info.get("train_seconds"),
+            "surrogate_cached": sur_info.get("cached"),
+            "explainer_seconds": info.get("train_seconds"),
+            "explainer_cached": info.get("cached"),
+            "cache_key": key,
+            "surrogate_key": sur_key,
+        }
 
     def _require_fit(self) -> None:
         if self.net is None:

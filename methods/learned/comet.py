@@ -15,6 +15,7 @@ COMET explains its own predictor (``explains_own_model``): the harness scores it
 metrics on :meth:`metric_adapter` (the predictor on its input), and the run reports the predictor's
 accuracy on x_s beside the classifier's (Table 2). The map is class-agnostic (the target is ignored).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,13 +28,24 @@ import torch.nn.functional as F
 from xaibench.attribution import Attribution
 
 from ..base import AttributionMethod, Requires, register_method
-from .common import cache_key, seeded_init, clone_adapter, dataset_name, epoch_batches, split_images, split_labels, train_cached
+from .common import (
+    cache_key,
+    clone_adapter,
+    dataset_name,
+    epoch_batches,
+    seeded_init,
+    split_images,
+    split_labels,
+    train_cached,
+)
 
 REMOVAL = "mean"
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class Selector(nn.Module):
@@ -53,13 +65,24 @@ class Selector(nn.Module):
         e1 = self.e1(x)
         e2 = self.e2(e1)
         e3 = self.e3(e2)
-        d2 = self.d2(torch.cat([F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False), e2], 1))
-        d1 = self.d1(torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="bilinear", align_corners=False), e1], 1))
+        d2 = self.d2(
+            torch.cat([F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False), e2], 1)
+        )
+        d1 = self.d1(
+            torch.cat([F.interpolate(d2, size=e1.shape[-2:], mode="bilinear", align_corners=False), e1], 1)
+        )
         return torch.sigmoid(self.out(d1))[:, 0]
 
 
-def comet_loss(logits_p: torch.Tensor, logits_d: torch.Tensor, s: torch.Tensor, y: torch.Tensor,
-               a: float, b: float, t: float):
+def comet_loss(
+    logits_p: torch.Tensor,
+    logits_d: torch.Tensor,
+    s: torch.Tensor,
+    y: torch.Tensor,
+    a: float,
+    b: float,
+    t: float,
+):
     """Eq. 7: (total, L_P, L_D, R) for predictor/detector logits, selector maps s (B, H, W), labels y."""
     lp = F.cross_entropy(logits_p, y)
     ld = F.cross_entropy(logits_d, y)
@@ -74,27 +97,44 @@ class Comet(AttributionMethod):
     label = "COMET"
     requires = Requires(training=True)
     explains_own_model = True
-    defaults = {"epochs": 200, "batch_size": 64, "lr": 5e-4, "a": 5.0, "b": 100.0, "t": 0.1, "steps_per_epoch": 0,
-                "selector_width": 16, "predictor_init": "classifier"}
+    defaults = {
+        "epochs": 200,
+        "batch_size": 64,
+        "lr": 5e-4,
+        "a": 5.0,
+        "b": 100.0,
+        "t": 0.1,
+        "steps_per_epoch": 0,
+        "selector_width": 16,
+        "predictor_init": "classifier",
+    }
     presets = {"quick": {"epochs": 3, "batch_size": 32, "steps_per_epoch": 15}}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.params["predictor_init"] not in ("classifier", "scratch"):
             from xaibench.errors import UserError
-            raise UserError(f"comet predictor_init must be 'classifier' or 'scratch', got {self.params['predictor_init']!r}")
+
+            raise UserError(
+                "comet predictor_init must be 'classifier' or 'scratch', "
+                f"got {self.params['predictor_init']!r}"
+            )
         self.selector = None
         self.predictor = None
         self.fit_info: Dict[str, Any] = {}
-        self._seen: Dict[str, List[torch.Tensor]] = {k: [] for k in ("comet", "predictor_full", "classifier", "label",
-                                                                       "selected")}
+        self._seen: Dict[str, List[torch.Tensor]] = {
+            k: [] for k in ("comet", "predictor_full", "classifier", "label", "selected")
+        }
 
     def fit(self, adapter, train_data, ctx) -> None:
         p = self.params
         device = adapter.device
-        selector = seeded_init(ctx.seed, "comet-selector", build=lambda: Selector(p["selector_width"])).to(device)
+        selector = seeded_init(ctx.seed, "comet-selector", build=lambda: Selector(p["selector_width"])).to(
+            device
+        )
         predictor = clone_adapter(adapter, name=f"{adapter.name}-comet-predictor")
         if p["predictor_init"] == "scratch":
+
             def reset():
                 for m in predictor.model.modules():
                     if hasattr(m, "reset_parameters") and m is not predictor.model:
@@ -103,15 +143,28 @@ class Comet(AttributionMethod):
 
             seeded_init(ctx.seed, "comet-predictor", build=reset)
         predictor.model.requires_grad_(True)
-        recipe = {k: p[k] for k in ("epochs", "batch_size", "lr", "a", "b", "t", "steps_per_epoch", "selector_width",
-                                    "predictor_init")}
+        recipe = {
+            k: p[k]
+            for k in (
+                "epochs",
+                "batch_size",
+                "lr",
+                "a",
+                "b",
+                "t",
+                "steps_per_epoch",
+                "selector_width",
+                "predictor_init",
+            )
+        }
         key = cache_key("comet", adapter, {**recipe, "version": 1}, ctx.seed, dataset_name(ctx, train_data))
         steps = p["steps_per_epoch"] or max(1, len(train_data) // p["batch_size"])
         holder = {}
 
         def make_opt():
-            holder["opt"] = torch.optim.Adam(list(selector.parameters()) + list(predictor.model.parameters()),
-                                             lr=p["lr"])
+            holder["opt"] = torch.optim.Adam(
+                list(selector.parameters()) + list(predictor.model.parameters()), lr=p["lr"]
+            )
             return holder["opt"]
 
         def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
@@ -133,11 +186,19 @@ class Comet(AttributionMethod):
                 bar.step(float(loss.detach()), l_p=float(lp.detach()))
             return {k: v / steps for k, v in sums.items()}
 
-        adapter.model.requires_grad_(False)   # the frozen detector
+        adapter.model.requires_grad_(False)  # the frozen detector
         try:
-            info = train_cached(Path(ctx.cache_dir) / key, {"selector": selector, "predictor": predictor.model},
-                                make_opt, p["epochs"], steps, run_epoch, seed=ctx.seed, desc="comet",
-                                progress=ctx.progress)
+            info = train_cached(
+                Path(ctx.cache_dir) / key,
+                {"selector": selector, "predictor": predictor.model},
+                make_opt,
+                p["epochs"],
+                steps,
+                run_epoch,
+                seed=ctx.seed,
+                desc="comet",
+                progress=ctx.progress,
+            )
         finally:
             adapter.model.requires_grad_(True)
         selector.eval()
@@ -180,9 +241,14 @@ class Comet(AttributionMethod):
         out: Dict[str, Any] = {"training": dict(self.fit_info)}
         if self._seen["label"]:
             y = torch.cat(self._seen["label"])
-            acc = {k: float((torch.cat(self._seen[k]) == y).float().mean())
-                   for k in ("comet", "predictor_full", "classifier")}
-            out["accuracy"] = {"comet_predictor_on_selection": acc["comet"], "comet_predictor_on_full_image":
-                               acc["predictor_full"], "classifier": acc["classifier"],
-                               "mean_selected_fraction": float(torch.cat(self._seen["selected"]).mean())}
+            acc = {
+                k: float((torch.cat(self._seen[k]) == y).float().mean())
+                for k in ("comet", "predictor_full", "classifier")
+            }
+            out["accuracy"] = {
+                "comet_predictor_on_selection": acc["comet"],
+                "comet_predictor_on_full_image": acc["predictor_full"],
+                "classifier": acc["classifier"],
+                "mean_selected_fraction": float(torch.cat(self._seen["selected"]).mean()),
+            }
         return out

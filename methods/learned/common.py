@@ -7,6 +7,7 @@ the surrogate it was trained against). The directory holds ``checkpoint.pt`` whi
 (:func:`xaibench.training.train_epochs`: resumable, atomic per epoch), ``log.csv``, and, once
 finished, ``weights.pt`` (loaded with ``weights_only=True``) and ``meta.json``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,16 +35,28 @@ def seeded_init(seed: int, *keys: object, build: Callable[[], nn.Module]) -> nn.
         return build()
 
 
-
-
-def cache_key(kind: str, adapter: ModelAdapter, recipe: Any, seed: int, dataset: str = "",
-              extra: Optional[Dict[str, Any]] = None) -> str:
+def cache_key(
+    kind: str,
+    adapter: ModelAdapter,
+    recipe: Any,
+    seed: int,
+    dataset: str = "",
+    extra: Optional[Dict[str, Any]] = None,
+) -> str:
     """``<kind>-<hash>``: the hash covers dataset, classifier weights, recipe, seed and ``extra``."""
     rec = asdict(recipe) if hasattr(recipe, "__dataclass_fields__") else recipe
-    return f"{kind}-" + stable_hash({"kind": kind, "dataset": dataset, "classifier": weights_fingerprint(adapter.model),
-                                     "class_indices": None if adapter.class_indices is None
-                                     else adapter.class_indices.tolist(),
-                                     "recipe": rec, "seed": int(seed), "extra": extra or {}}, 16)
+    return f"{kind}-" + stable_hash(
+        {
+            "kind": kind,
+            "dataset": dataset,
+            "classifier": weights_fingerprint(adapter.model),
+            "class_indices": None if adapter.class_indices is None else adapter.class_indices.tolist(),
+            "recipe": rec,
+            "seed": int(seed),
+            "extra": extra or {},
+        },
+        16,
+    )
 
 
 def dataset_name(ctx, train_split) -> str:
@@ -53,12 +66,18 @@ def dataset_name(ctx, train_split) -> str:
 def clone_adapter(adapter: ModelAdapter, model: Optional[nn.Module] = None, name: str = "") -> ModelAdapter:
     """A ModelAdapter with the classifier's preprocessing around ``model`` (default: a deep copy)."""
     model = copy.deepcopy(adapter.model) if model is None else model
-    return ModelAdapter(model, mean=adapter.mean.flatten().tolist(), std=adapter.std.flatten().tolist(),
-                        input_size=adapter.input_size,
-                        class_indices=None if adapter.class_indices is None else adapter.class_indices.tolist(),
-                        patch_size=None if adapter.is_vit else adapter.patch_size[0], device=adapter.device,
-                        name=name or adapter.name, memory_budget_mb=adapter.memory_budget_mb,
-                        class_names=adapter.class_names)
+    return ModelAdapter(
+        model,
+        mean=adapter.mean.flatten().tolist(),
+        std=adapter.std.flatten().tolist(),
+        input_size=adapter.input_size,
+        class_indices=None if adapter.class_indices is None else adapter.class_indices.tolist(),
+        patch_size=None if adapter.is_vit else adapter.patch_size[0],
+        device=adapter.device,
+        name=name or adapter.name,
+        memory_budget_mb=adapter.memory_budget_mb,
+        class_names=adapter.class_names,
+    )
 
 
 def split_images(split, idx: torch.Tensor) -> torch.Tensor:
@@ -81,15 +100,25 @@ def epoch_batches(n: int, batch_size: int, steps: int, g: torch.Generator):
     order = torch.randperm(n, generator=g)
     for s in range(steps):
         start = (s * bs) % n
-        idx = order[start: start + bs]
+        idx = order[start : start + bs]
         if len(idx) < bs:
             idx = torch.cat([idx, order[: bs - len(idx)]])
         yield idx
 
 
-def train_cached(directory: Path, modules: Dict[str, nn.Module], make_optimizer: Callable[[], torch.optim.Optimizer],
-                 epochs: int, steps: int, run_epoch, *, seed: int, desc: str, progress: bool,
-                 meta: Optional[dict] = None) -> dict:
+def train_cached(
+    directory: Path,
+    modules: Dict[str, nn.Module],
+    make_optimizer: Callable[[], torch.optim.Optimizer],
+    epochs: int,
+    steps: int,
+    run_epoch,
+    *,
+    seed: int,
+    desc: str,
+    progress: bool,
+    meta: Optional[dict] = None,
+) -> dict:
     """Load ``weights.pt`` if this artefact was trained before; else train (resuming) and save it.
 
     Returns the artefact's meta (log, train seconds, cached or not)."""
@@ -106,10 +135,25 @@ def train_cached(directory: Path, modules: Dict[str, nn.Module], make_optimizer:
     if progress:
         print(f"{desc}: not in the cache, training ({directory})", file=sys.stderr)
     t = time.time()
-    log = train_epochs(directory, modules, make_optimizer(), epochs, run_epoch, steps, seed=seed, desc=desc,
-                       progress=progress)
-    info = {"desc": desc, "epochs": epochs, "steps_per_epoch": steps, "train_seconds": round(time.time() - t, 1),
-            "log": log, **(meta or {})}
+    log = train_epochs(
+        directory,
+        modules,
+        make_optimizer(),
+        epochs,
+        run_epoch,
+        steps,
+        seed=seed,
+        desc=desc,
+        progress=progress,
+    )
+    info = {
+        "desc": desc,
+        "epochs": epochs,
+        "steps_per_epoch": steps,
+        "train_seconds": round(time.time() - t, 1),
+        "log": log,
+        **(meta or {}),
+    }
     save_torch(weights, {k: m.state_dict() for k, m in modules.items()})
     write_json(directory / "meta.json", info)
     (directory / "checkpoint.pt").unlink(missing_ok=True)
@@ -132,8 +176,8 @@ class ExplainerRecipe:
     weight_decay: float
     steps_per_epoch: int = 0
     freeze_backbone: bool = False
-    mlp_hidden: int = 0            # 0: the backbone's width
-    guided: bool = True            # Salvage only: attribution-guided sampling (Algorithm 3)
+    mlp_hidden: int = 0  # 0: the backbone's width
+    guided: bool = True  # Salvage only: attribution-guided sampling (Algorithm 3)
     version: int = 1
 
     def steps(self, n_train: int) -> int:

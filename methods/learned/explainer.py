@@ -5,6 +5,7 @@ transformer block, a LayerNorm and an MLP applied to every patch token: (B, P, o
 with ``out`` = C (ViT-Shapley) or 2C (Salvage's φ⁺ and φ⁻). Prefix tokens (CLS, registers) take
 part in attention but produce no output.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,14 @@ import torch.nn as nn
 
 
 class PatchExplainer(nn.Module):
-    def __init__(self, vit: nn.Module, num_prefix_tokens: int, out_dim: int, hidden: int = 0,
-                 freeze_backbone: bool = False) -> None:
+    def __init__(
+        self,
+        vit: nn.Module,
+        num_prefix_tokens: int,
+        out_dim: int,
+        hidden: int = 0,
+        freeze_backbone: bool = False,
+    ) -> None:
         super().__init__()
         from timm.models.vision_transformer import Block
 
@@ -39,4 +46,4 @@ class PatchExplainer(nn.Module):
         else:
             tokens = self.backbone.forward_features(x)
         tokens = self.norm(self.block(tokens))
-        return self.mlp(tokens[:, self.num_prefix_tokens:])
+        return self.mlp(tokens[:, self.num_prefix_tokens :])

@@ -19,6 +19,7 @@ Classifying by explaining (§4.3): u(N) = σ(Σ_i φ⁺_i) is a classifier. Over
 method reports its accuracy and its agreement with the classifier on the images the classifier
 gets right and on those it gets wrong (Table 2, Appendix A.4), via :meth:`report`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -34,7 +35,9 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch
     """Jensen–Shannon divergence (nats) between distributions along the last axis."""
     m = 0.5 * (p + q)
     logm = m.clamp_min(eps).log()
-    return 0.5 * (p * (p.clamp_min(eps).log() - logm)).sum(-1) + 0.5 * (q * (q.clamp_min(eps).log() - logm)).sum(-1)
+    return 0.5 * (p * (p.clamp_min(eps).log() - logm)).sum(-1) + 0.5 * (
+        q * (q.clamp_min(eps).log() - logm)
+    ).sum(-1)
 
 
 def to_logits(z: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -47,14 +50,31 @@ class Salvage(AmortizedExplainer):
     """Salvage: Shapley-distribution learning (JS loss) with attribution-guided sampling."""
 
     label = "Salvage"
-    defaults = {"epochs": 50, "batch_size": 64, "masks_per_image": 32, "lr": 1e-5, "weight_decay": 1e-5,
-                "steps_per_epoch": 0, "freeze_backbone": False, "mlp_hidden": 0, "guided": True}
+    defaults = {
+        "epochs": 50,
+        "batch_size": 64,
+        "masks_per_image": 32,
+        "lr": 1e-5,
+        "weight_decay": 1e-5,
+        "steps_per_epoch": 0,
+        "freeze_backbone": False,
+        "mlp_hidden": 0,
+        "guided": True,
+    }
     #: quick: 120 steps at lr 2e-3 (≈ 50 s on 2 CPU cores). Salvage has no efficient normalisation to
     #: remove the subset-size effect, so it first fits u(S) as a function of |S| with a nearly
     #: uniform map and only then the patches' differences: 36 steps at 1e-3 (ViT-Shapley's quick
     #: budget) stop in the first phase (maps ranked below random on the embedded default).
-    presets = {"quick": {"epochs": 4, "batch_size": 32, "masks_per_image": 8, "lr": 2e-3, "steps_per_epoch": 30,
-                         "freeze_backbone": True}}
+    presets = {
+        "quick": {
+            "epochs": 4,
+            "batch_size": 32,
+            "masks_per_image": 8,
+            "lr": 2e-3,
+            "steps_per_epoch": 30,
+            "freeze_backbone": True,
+        }
+    }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,7 +112,7 @@ class Salvage(AmortizedExplainer):
     def recipe(self):
         from dataclasses import replace
 
-        return replace(super().recipe(), version=3)      # 2: outputs centred over classes; 3: zero-init head
+        return replace(super().recipe(), version=3)  # 2: outputs centred over classes; 3: zero-init head
 
     def init_head(self, net) -> None:
         """Zero the explainer's last layer, so that u(S) starts uniform for every S.
@@ -144,10 +164,15 @@ class Salvage(AmortizedExplainer):
         def share(mask):
             return float((e[mask] == c[mask]).float().mean()) if mask.any() else float("nan")
 
-        return {"explainer_accuracy": float((e == y).float().mean()), "classifier_accuracy": float(right.float().mean()),
-                "agreement": float((e == c).float().mean()), "agreement_classifier_correct": share(right),
-                "agreement_classifier_wrong": share(~right), "n_classifier_correct": int(right.sum()),
-                "n_classifier_wrong": int((~right).sum())}
+        return {
+            "explainer_accuracy": float((e == y).float().mean()),
+            "classifier_accuracy": float(right.float().mean()),
+            "agreement": float((e == c).float().mean()),
+            "agreement_classifier_correct": share(right),
+            "agreement_classifier_wrong": share(~right),
+            "n_classifier_correct": int(right.sum()),
+            "n_classifier_wrong": int((~right).sum()),
+        }
 
     def report(self) -> Dict[str, Any]:
         return {**super().report(), "classifying_by_explaining": self.classification_report()}

@@ -17,6 +17,7 @@ this is our documented choice. A constant map gives uniform weights.
 
 Masks are boolean (n, M, P): True = the patch is kept.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,15 +45,20 @@ def shapley_kernel_masks(n: int, num_masks: int, num_patches: int, g: torch.Gene
     if num_patches < 2:
         raise ValueError("the Shapley kernel needs at least 2 patches")
     half = num_masks // 2
-    sizes = torch.multinomial(shapley_kernel_sizes(num_patches).float().expand(n * half, -1), 1,
-                              replacement=True, generator=g).view(n, half) + 1
+    sizes = (
+        torch.multinomial(
+            shapley_kernel_sizes(num_patches).float().expand(n * half, -1), 1, replacement=True, generator=g
+        ).view(n, half)
+        + 1
+    )
     keys = torch.rand(n, half, num_patches, generator=g)
     s = _first_k(keys, sizes)
     return torch.stack([s, ~s], dim=2).view(n, num_masks, num_patches)
 
 
-def uniform_size_masks(n: int, num_masks: int, num_patches: int, g: torch.Generator,
-                       min_size: int = 0) -> torch.Tensor:
+def uniform_size_masks(
+    n: int, num_masks: int, num_patches: int, g: torch.Generator, min_size: int = 0
+) -> torch.Tensor:
     """(n, M, P) masks with size m ~ U{min_size, …, P} and a uniformly random subset of that size."""
     sizes = torch.randint(min_size, num_patches + 1, (n, num_masks), generator=g)
     return _first_k(torch.rand(n, num_masks, num_patches, generator=g), sizes)

@@ -6,6 +6,7 @@ sizes uniform on {0, …, P} (the empty set included, since the explainers need 
 surrogate defines the game v(S) = q(x_S) that both explainers learn to explain. Trained once per
 dataset × classifier × recipe × seed, cached (see :mod:`.common`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,16 +30,19 @@ class SurrogateRecipe:
     masks_per_image: int
     lr: float
     weight_decay: float
-    steps_per_epoch: int = 0       # 0: one pass over the training split
+    steps_per_epoch: int = 0  # 0: one pass over the training split
     version: int = 1
 
 
 #: paper: salvage-paper §5.1 (fine-tuned on masked images for 50 epochs, batch 64, AdamW lr 1e-5,
 #: wd 1e-5; one subset per image and step). quick: a short fine-tune within the CPU budget of the
 #: embedded default (whose classifier was already trained with random token dropping).
-RECIPES = {"paper": SurrogateRecipe(epochs=50, batch_size=64, masks_per_image=1, lr=1e-5, weight_decay=1e-5),
-           "quick": SurrogateRecipe(epochs=2, batch_size=32, masks_per_image=2, lr=1e-4, weight_decay=1e-5,
-                                    steps_per_epoch=12)}
+RECIPES = {
+    "paper": SurrogateRecipe(epochs=50, batch_size=64, masks_per_image=1, lr=1e-5, weight_decay=1e-5),
+    "quick": SurrogateRecipe(
+        epochs=2, batch_size=32, masks_per_image=2, lr=1e-4, weight_decay=1e-5, steps_per_epoch=12
+    ),
+}
 
 _LOADED: Dict[str, ModelAdapter] = {}
 
@@ -49,8 +53,9 @@ def kl_to_clean(clean_probs: torch.Tensor, masked_logits: torch.Tensor) -> torch
     return (clean_probs * (clean_probs.clamp_min(1e-12).log() - logq)).sum(-1).mean()
 
 
-def fit_surrogate(adapter: ModelAdapter, train_split, ctx, recipe: SurrogateRecipe | None = None
-                  ) -> Tuple[ModelAdapter, str, dict]:
+def fit_surrogate(
+    adapter: ModelAdapter, train_split, ctx, recipe: SurrogateRecipe | None = None
+) -> Tuple[ModelAdapter, str, dict]:
     """The surrogate of ``adapter`` (trained, or loaded from the cache): (adapter, cache key, meta)."""
     recipe = recipe or RECIPES[ctx.preset]
     key = cache_key("surrogate", adapter, recipe, ctx.seed, dataset_name(ctx, train_split))
@@ -74,7 +79,9 @@ def fit_surrogate(adapter: ModelAdapter, train_split, ctx, recipe: SurrogateReci
             with torch.no_grad():
                 p = adapter.probs(x).float()
             keep = uniform_size_masks(len(idx), M, P, g).to(device).flatten(0, 1)
-            loss = kl_to_clean(p.repeat_interleave(M, 0), sur.masked_logits(x.repeat_interleave(M, 0), keep, REMOVAL))
+            loss = kl_to_clean(
+                p.repeat_interleave(M, 0), sur.masked_logits(x.repeat_interleave(M, 0), keep, REMOVAL)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -82,8 +89,17 @@ def fit_surrogate(adapter: ModelAdapter, train_split, ctx, recipe: SurrogateReci
             bar.step(float(loss.detach()))
         return {"kl": total / steps}
 
-    info = train_cached(directory, {"surrogate": model}, make_opt, recipe.epochs, steps, run_epoch,
-                        seed=ctx.seed, desc="surrogate", progress=ctx.progress)
+    info = train_cached(
+        directory,
+        {"surrogate": model},
+        make_opt,
+        recipe.epochs,
+        steps,
+        run_epoch,
+        seed=ctx.seed,
+        desc="surrogate",
+        progress=ctx.progress,
+    )
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)

@@ -9,6 +9,7 @@ the probability game of every class.
 Presets: ``paper`` = salvage-paper §5.1 (batch 64, AdamW lr 1e-4, wd 1e-5, 32 masks per image,
 50 epochs); ``quick`` = the embedded default's CPU budget (backbone frozen, fewer masks and steps).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,10 +30,26 @@ class ViTShapley(AmortizedExplainer):
     """ViT-Shapley: a learned explainer of the probability game, trained by weighted least squares."""
 
     label = "ViT-Shapley"
-    defaults = {"epochs": 50, "batch_size": 64, "masks_per_image": 32, "lr": 1e-4, "weight_decay": 1e-5,
-                "steps_per_epoch": 0, "freeze_backbone": False, "mlp_hidden": 0}
-    presets = {"quick": {"epochs": 3, "batch_size": 32, "masks_per_image": 8, "lr": 1e-3, "steps_per_epoch": 12,
-                         "freeze_backbone": True}}
+    defaults = {
+        "epochs": 50,
+        "batch_size": 64,
+        "masks_per_image": 32,
+        "lr": 1e-4,
+        "weight_decay": 1e-5,
+        "steps_per_epoch": 0,
+        "freeze_backbone": False,
+        "mlp_hidden": 0,
+    }
+    presets = {
+        "quick": {
+            "epochs": 3,
+            "batch_size": 32,
+            "masks_per_image": 8,
+            "lr": 1e-3,
+            "steps_per_epoch": 12,
+            "freeze_backbone": True,
+        }
+    }
 
     def out_dim(self, num_classes: int) -> int:
         return num_classes

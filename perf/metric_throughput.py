@@ -1,6 +1,6 @@
 """MIF/LIF throughput on the tiny default ViT: is the metric engine spending its time in the model?
 
-Run:  .venv/bin/python benchmarks/metric_throughput.py [--images 64] [--cardinalities all|N] [--device cpu]
+Run:  .venv/bin/python perf/metric_throughput.py [--images 64] [--cardinalities all|N] [--device cpu]
       [--threads 1]   (on a CPU shared with other jobs, one thread avoids oversubscription stalls)
 
 Prints, for the ``drop`` and ``mean`` removal strategies:
@@ -12,6 +12,7 @@ Prints, for the ``drop`` and ``mean`` removal strategies:
 The architecture is the default ``xaibench_vit`` recipe (64×64, patch 8, 64 patches, CLS + 4
 registers), untrained: throughput does not depend on the weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ def build_adapter(device):
     recipe = xaibench_vit()
     torch.manual_seed(0)
     model = recipe.build(10)
-    return ModelAdapter(model, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=recipe.input_size, device=device,
-                        name="xaibench_vit (untrained)")
+    return ModelAdapter(
+        model,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        input_size=recipe.input_size,
+        device=device,
+        name="xaibench_vit (untrained)",
+    )
 
 
 def raw_forward_seconds(adapter, x, keep, strategy):
@@ -46,13 +53,13 @@ def raw_forward_seconds(adapter, x, keep, strategy):
                 kept = flat[rows].nonzero()[:, 1].view(len(rows), k)
                 step = max(1, adapter.chunk_size * full // (adapter.num_prefix_tokens + k))
                 for s in range(0, len(rows), step):
-                    chunks.append(adapter.gather_tokens(tokens, rows[s: s + step] // M, kept[s: s + step]))
+                    chunks.append(adapter.gather_tokens(tokens, rows[s : s + step] // M, kept[s : s + step]))
             run = adapter.vit_from_tokens
         else:
             pix = adapter.patch_keep_to_pixels(keep).reshape(B * M, *adapter.input_size)
             xs = x.repeat_interleave(M, 0)
             for s in range(0, B * M, adapter.chunk_size):
-                chunks.append(xs[s: s + adapter.chunk_size] * pix[s: s + adapter.chunk_size, None])
+                chunks.append(xs[s : s + adapter.chunk_size] * pix[s : s + adapter.chunk_size, None])
             run = adapter.logits
         sync(x.device)
         t = time.perf_counter()
@@ -90,8 +97,10 @@ def main():
     maps_all = torch.randn(args.images, *adapter.grid, generator=g).to(device)
     metric = create_metric("srg")
     P = adapter.num_patches
-    print(f"model: {adapter.name}, {P} patches, device {device}, {args.images} images, "
-          f"cardinalities {args.cardinalities}, chunk size {adapter.chunk_size}")
+    print(
+        f"model: {adapter.name}, {P} patches, device {device}, {args.images} images, "
+        f"cardinalities {args.cardinalities}, chunk size {adapter.chunk_size}"
+    )
     results = {}
     for strategy in ("drop", "mean"):
         ctx = EvalContext(adapter, Removal(strategy), seed=0, cardinalities=card)
@@ -99,12 +108,12 @@ def main():
         t_metric = t_raw = 0.0
         n_inputs = 0
         for s in range(0, args.images, args.batch_size):
-            x = x_all[s: s + args.batch_size]
+            x = x_all[s : s + args.batch_size]
             ids = [f"bench{i}" for i in range(s, s + len(x))]
             with torch.no_grad():
                 probs = adapter.probs(x)
             batch = Batch(x=x, labels=probs.argmax(1), targets=probs.argmax(1), ids=ids, probs=probs)
-            attr = Attribution(maps_all[s: s + len(x)], "patch")
+            attr = Attribution(maps_all[s : s + len(x)], "patch")
             if s == 0:  # warm-up
                 metric.compute(ctx, batch, attr)
             sync(device)
@@ -113,14 +122,22 @@ def main():
             sync(device)
             t_metric += time.perf_counter() - t
             scores = attr.patch_scores(adapter.grid)
-            keep = torch.cat([keep_first(ranked_order(scores, ids, 0, True), ks),
-                              keep_first(ranked_order(scores, ids, 0, False), ks)], 1)
+            keep = torch.cat(
+                [
+                    keep_first(ranked_order(scores, ids, 0, True), ks),
+                    keep_first(ranked_order(scores, ids, 0, False), ks),
+                ],
+                1,
+            )
             t_raw += raw_forward_seconds(adapter, x, keep, strategy)
             n_inputs += keep.shape[0] * keep.shape[1]
         results[strategy] = t_metric
-        print(f"{strategy:>5}: metric {args.images / t_metric:8.1f} images/s ({n_inputs / t_metric:9.0f} masked "
-              f"inputs/s) | raw forward {n_inputs / t_raw:9.0f} inputs/s | ratio {t_raw / t_metric:.2f} "
-              f"(target ≥ 0.85)")
+        print(
+            f"{strategy:>5}: metric {args.images / t_metric:8.1f} images/s "
+            f"({n_inputs / t_metric:9.0f} masked "
+            f"inputs/s) | raw forward {n_inputs / t_raw:9.0f} inputs/s | ratio {t_raw / t_metric:.2f} "
+            f"(target ≥ 0.85)"
+        )
     print(f"drop over mean: {results['mean'] / results['drop']:.2f}× (target ≥ 1.5×)")
 
 

@@ -1,6 +1,6 @@
 """Throughput of the attribution methods: maps per second on the embedded default's tiny ViT.
 
-    python benchmarks/bench_methods.py [--methods rise,lrp] [--preset quick] [--batch 32]
+    python perf/bench_methods.py [--methods rise,lrp] [--preset quick] [--batch 32]
         [--batches 2] [--device cpu] [--model xaibench_vit]
 
 Builds the model's architecture with untrained weights (speed does not depend on them), runs
@@ -9,6 +9,7 @@ every method on ``--batches`` batches of ``synthetic`` test images and prints ma
 distractors get a pool of synthetic training images; learned explainers (which need ``fit``)
 are skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,20 @@ import time
 
 import torch
 
-POSTHOC = ["saliency", "smoothgrad", "integrated_gradients", "gradcam", "eigencam", "rise", "feature_suppression",
-           "attention_rollout", "attention_last", "gae", "lrp", "mask_optimisation"]
+POSTHOC = [
+    "saliency",
+    "smoothgrad",
+    "integrated_gradients",
+    "gradcam",
+    "eigencam",
+    "rise",
+    "feature_suppression",
+    "attention_rollout",
+    "attention_last",
+    "gae",
+    "lrp",
+    "mask_optimisation",
+]
 
 
 def build_adapter(model: str, device: str):
@@ -26,8 +39,14 @@ def build_adapter(model: str, device: str):
 
     recipe = MODELS.get(model)()
     torch.manual_seed(0)
-    return ModelAdapter(recipe.build(10), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=recipe.input_size,
-                        device=device, name=f"{model} (untrained)")
+    return ModelAdapter(
+        recipe.build(10),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        input_size=recipe.input_size,
+        device=device,
+        name=f"{model} (untrained)",
+    )
 
 
 def main(argv=None) -> None:
@@ -53,8 +72,10 @@ def main(argv=None) -> None:
         target_all = adapter.logits(x_all).argmax(1)
     train = load_dataset("synthetic", "train", n_train=256, image_size=size)
     pool = adapter.normalize(torch.stack([train[i].image for i in range(len(train))]))
-    print(f"{adapter.name}: {adapter.describe()['grid']} patches, batch {args.batch}, preset {args.preset}, "
-          f"device {args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"{adapter.name}: {adapter.describe()['grid']} patches, batch {args.batch}, preset {args.preset}, "
+        f"device {args.device}, {torch.get_num_threads()} threads"
+    )
     print(f"{'method':24s} {'maps/s':>10s}  settings")
     for name in args.methods.split(","):
         method = create_method(name, preset=args.preset)
