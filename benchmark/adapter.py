@@ -14,10 +14,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .budget import Budget
 from .errors import UserError
 from .removal import Removal
-
-DEFAULT_CPU_BUDGET_MB = 1024
 
 
 def _is_timm_vit(model: nn.Module) -> bool:
@@ -49,7 +48,8 @@ class ModelAdapter:
         class_indices: optional subset of the model's logits that form the task's classes
             (e.g. the 10 ImageNet classes of Imagenette); all outputs are restricted to it.
         patch_size: size of the removal grid's cells for CNNs (ViTs use their own patches).
-        memory_budget_mb: bound on the activations of one chunk of removal forwards.
+        memory_budget_mb: the memory :class:`~xaibench.budget.Budget` of one pass (default: 1 GiB on
+            the CPU, a quarter of the free memory on CUDA).
     """
 
     def __init__(
@@ -90,8 +90,7 @@ class ModelAdapter:
             self.num_prefix_tokens = 0
         if min(self.grid) < 1:
             raise UserError(f"patch size {self.patch_size} is larger than the input {self.input_size}")
-        self.memory_budget_mb = memory_budget_mb or self._default_budget_mb()
-        self._chunk_size: Optional[int] = None
+        self.budget = Budget(self.model, self.input_size, self.device, memory_budget_mb)
         self._num_classes: Optional[int] = None
 
     # ----------------------------------------------------------------- basics
@@ -174,41 +173,19 @@ class ModelAdapter:
 
     # -------------------------------------------------------- removal engine
     @property
+    def memory_budget_mb(self) -> float:
+        return self.budget.megabytes
+
+    @property
     def chunk_size(self) -> int:
-        """Inputs per forward in the removal engine, from the memory budget."""
-        if self._chunk_size is None:
-            self._chunk_size = self._estimate_chunk_size()
-        return self._chunk_size
+        """Inputs per forward in the removal engine (the budget's forward rows)."""
+        return self.budget.rows()
 
     @chunk_size.setter
     def chunk_size(self, value: int) -> None:
         if value < 1:
             raise UserError(f"chunk size must be ≥ 1, got {value}")
-        self._chunk_size = int(value)
-
-    def _default_budget_mb(self) -> float:
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return free / 2**20 * 0.25
-        return DEFAULT_CPU_BUDGET_MB
-
-    def _estimate_chunk_size(self) -> int:
-        """Largest module output of one input, times a safety factor for what lives alongside it."""
-        largest = [0]
-
-        def hook(_m, _i, out):
-            if torch.is_tensor(out):
-                largest[0] = max(largest[0], out.numel())
-
-        handles = [m.register_forward_hook(hook) for m in self.model.modules() if not list(m.children())]
-        try:
-            with torch.no_grad():
-                self.model(torch.zeros(1, 3, *self.input_size, device=self.device))
-        finally:
-            for h in handles:
-                h.remove()
-        per_input = 4 * 8 * max(largest[0], 3 * self.input_size[0] * self.input_size[1])
-        return int(max(1, min(4096, self.memory_budget_mb * 2**20 // per_input)))
+        self.budget.forward_rows = int(value)
 
     def masked_probs(
         self,

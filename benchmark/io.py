@@ -117,49 +117,45 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a directory this process can write into (created if missing), else a one-line
+    :class:`~xaibench.errors.UserError` naming ``what`` (e.g. ``--out``)."""
+    from .errors import UserError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a directory: pass a directory")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"{what} {path} is not writable ({exc.strerror or exc}): pass a directory you can write to"
+        )
+    return path
 
 
 @contextlib.contextmanager
-def cache_lock(directory: str | os.PathLike, what: str = "this cache entry", poll: float = 2.0):
-    """Exclusive lock on a cache directory, so that two processes never train the same entry.
+def lock(directory: str | os.PathLike, what: str = "this cache entry"):
+    """Exclusive cross-process lock on ``directory`` (``filelock``, an OS-level lock on
+    ``<directory>/.lock``): two processes never build the same entry at once. The operating
+    system releases the lock when its holder dies, so a crashed process never blocks others.
+    Waiting is announced once."""
+    import logging
 
-    The lock is a ``.lock`` file holding the owner's pid; a lock whose owner is dead is taken over.
-    """
-    import sys
-    import time
+    from filelock import FileLock, Timeout
 
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    lock = path / ".lock"
-    told = False
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                if not told:
-                    print(f"waiting for process {pid}, which is preparing {what} ({path})", file=sys.stderr)
-                    told = True
-                time.sleep(poll)
-                continue
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
+    handle = FileLock(str(path / ".lock"))
+    try:
+        handle.acquire(timeout=0)
+    except Timeout:
+        logging.getLogger(__name__).warning(f"waiting for another process that is preparing {what} ({path})")
+        handle.acquire()
     try:
         yield path
     finally:
-        lock.unlink(missing_ok=True)
+        handle.release()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .adapter import ModelAdapter
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
-from .io import cache_lock, load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
+from .io import load_torch, lock, read_json, save_torch, stable_hash, weights_fingerprint, write_json
 from .registry import MODELS
 from .removal import Removal
 from .seeding import derive_seed
@@ -287,7 +287,7 @@ def load_model(
         recipe = replace(recipe, dataset_options={**recipe.dataset_options, **opts}, seed=seed)
     directory = resolve_cache_dir(cache_dir) / "models" / recipe_key(name, recipe)
     if not (directory / "model.pt").exists():
-        with cache_lock(directory, f"model '{name}'"):
+        with lock(directory, f"model '{name}'"):
             if not (directory / "model.pt").exists():
                 if progress:
                     print(

@@ -37,7 +37,7 @@ import torch.nn as nn
 from .adapter import ModelAdapter
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
-from .io import cache_lock, file_hash, load_torch, read_json, save_torch, stable_hash, write_json
+from .io import file_hash, load_torch, lock, read_json, save_torch, stable_hash, write_json
 from .seeding import derive_seed
 
 IMAGENET_CLASSES = 1000
@@ -293,7 +293,7 @@ def finetune_classifier(
     )
     pointer = finetune_pointer(cache_dir, recipe.model, recipe.dataset)
     opts = dict(seed=recipe.seed, cache_dir=cache_dir, data_root=data_root)
-    with cache_lock(directory, f"fine-tuned '{recipe.model}' on '{recipe.dataset}'"):
+    with lock(directory, f"fine-tuned '{recipe.model}' on '{recipe.dataset}'"):
         if (directory / "model.pt").exists():
             write_json(pointer, {"directory": str(directory)})
             return directory
