@@ -19,7 +19,7 @@ batching, devices, seeding, caching and removal live elsewhere. Register it with
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Dict, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import torch
 
@@ -59,6 +59,8 @@ class FitContext:
     key: Dict[str, Any] = field(default_factory=dict)
     distractors: Optional[torch.Tensor] = None
     progress: bool = True
+    #: held-out images for early stopping of learned explainers (the dataset's "val" split)
+    val_data: Any = None
 
 
 class AttributionMethod:
@@ -73,6 +75,9 @@ class AttributionMethod:
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
     #: for methods that explain a model other than the classifier (COMET's own predictor)
     explains_own_model: ClassVar[bool] = False
+    #: False when the map cannot depend on the target class (EigenCAM, attention rollout, ...):
+    #: a metric that needs the map of another class (completeness) then reuses the map it has
+    class_dependent: ClassVar[bool] = True
 
     def __init__(self, preset: str = "paper", seed: int = 0, **params: Any) -> None:
         if preset not in PRESETS:
@@ -118,6 +123,10 @@ class AttributionMethod:
     ) -> Attribution:
         """Maps for a batch: x (B, 3, H, W) normalised, target (B,) class indices."""
         raise NotImplementedError
+
+    def notes(self) -> List[str]:
+        """Caveats the leaderboard prints under the table for this method (default: none)."""
+        return []
 
     def display_name(self) -> str:
         return self.label or self.name
