@@ -1,23 +1,35 @@
 """The ``xaibench`` command line.
 
     xaibench run                      # embedded default: synthetic, tiny ViT, every method and metric
+    xaibench train classifier|METHOD  # fine-tune a classifier, or train a learned explainer (cached)
     xaibench list methods|metrics|datasets|models [PATTERN]
     xaibench leaderboard RUN_DIR [RUN_DIR ...] [--format markdown|latex|csv|json]
     xaibench plot RUN_DIR [--kind curves|bars|grid|all]
 
+Global options (``--cache-dir``, ``--plugin``, ``--quiet``) go before or after the sub-command.
 Bad input (unknown names, nonsensical numbers, a plugin that fails to import) prints one line
-and exits with code 2.
+and exits with code 2; a run in which a method failed exits with code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
+from pathlib import Path
 from typing import List, Optional
 
+from . import __version__
 from .errors import UserError
 
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as the one line every other error gets."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
 
 
 def _cardinalities(text: str):
@@ -26,7 +38,10 @@ def _cardinalities(text: str):
         return "all"
     try:
         if "," in text:
-            return [int(k) for k in text.split(",") if k.strip()]
+            ks = [int(k) for k in text.split(",") if k.strip()]
+            if not ks:
+                raise ValueError
+            return ks
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
@@ -34,10 +49,44 @@ def _cardinalities(text: str):
         )
 
 
-def _add_run_parser(sub) -> None:
-    p = sub.add_parser("run", help="score methods with metrics on a dataset and model")
-    p.add_argument("--dataset", default="synthetic", help="dataset name (xaibench list datasets)")
-    p.add_argument("--model", default=None, help="model name (default: the dataset's default model)")
+def _globals(suppress: bool) -> argparse.ArgumentParser:
+    """The global options; in sub-commands they default to 'not given' so that a value given before
+    the sub-command is not overwritten."""
+    g = argparse.ArgumentParser(add_help=False)
+    default = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    g.add_argument(
+        "--plugin",
+        action="append",
+        default=default([]),
+        metavar="MODULE",
+        help="import MODULE (a module name or a .py file; the current directory is searched) first: "
+        "it registers methods, metrics, datasets or models; repeatable",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=default(None),
+        help="cache for data, models and explainers (default: $XAIBENCH_CACHE or ~/.cache/xaibench)",
+    )
+    g.add_argument("--quiet", action="store_true", default=default(False), help="warnings and errors only")
+    return g
+
+
+def _data_options() -> argparse.ArgumentParser:
+    d = argparse.ArgumentParser(add_help=False)
+    d.add_argument("--dataset", default="synthetic", help="dataset name (xaibench list datasets)")
+    d.add_argument("--model", default=None, help="model name (default: the dataset's default model)")
+    d.add_argument("--data-root", default=None, help="an existing copy of the dataset (no download)")
+    d.add_argument("--weights", default=None, help="a local checkpoint (state dict or .safetensors)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    d.add_argument(
+        "--preset", default="auto", help="paper, quick, or auto (quick on synthetic, paper elsewhere)"
+    )
+    return d
+
+
+def _add_run_parser(sub, parents) -> None:
+    p = sub.add_parser("run", parents=parents, help="score methods with metrics on a dataset and model")
     p.add_argument("--methods", default="all", help="'all', or a comma list; wildcards allowed ('*cam*')")
     p.add_argument("--metrics", default="all", help="'all', or a comma list of metric names")
     p.add_argument(
@@ -47,11 +96,6 @@ def _add_run_parser(sub) -> None:
         help="images to score (default: 200 on synthetic, all elsewhere)",
     )
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--preset", default="auto", help="paper, quick, or auto (quick on synthetic, paper elsewhere)"
-    )
     p.add_argument(
         "--removal", default="auto", help="auto (drop for ViTs, mean for CNNs), drop, mean, blur, distractor"
     )
@@ -64,132 +108,84 @@ def _add_run_parser(sub) -> None:
         help="subset sizes of the curve metrics: all, a count of evenly spaced k, or a list "
         "(default: each metric's preset)",
     )
-    p.add_argument(
-        "--n-masks", type=int, default=None, help="masks per cardinality of sampled curves (R-MIF/R-LIF)"
-    )
+    p.add_argument("--n-masks", type=int, default=None, help="masks per cardinality of sampled curves")
     p.add_argument("--split", default="test", help="dataset split to score (test, val)")
     p.add_argument("--out", default="results", help="directory that receives <run-id>/")
     p.add_argument(
-        "--run-id", default=None, help="name of the run directory (default: derived from the settings)"
+        "--run-id", default=None, help="name of the run directory (default: derived from its inputs)"
     )
-    p.add_argument("--data-root", default=None, help="an existing copy of the dataset (no download)")
-    p.add_argument("--weights", default=None, help="a local checkpoint to load into the model")
+    p.add_argument("--overwrite", action="store_true", help="replace a run of other inputs under --run-id")
     p.add_argument("--chunk-size", type=int, default=None, help="inputs per forward in the removal engine")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--train-seeds", type=int, default=1, help="training seeds of each learned method (pooled)"
+    )
 
 
-def _add_train_parser(sub):
-    """``xaibench train <what> …``; returns the sub-parsers so that other trainers can be added."""
-    p = sub.add_parser("train", help="train something once and cache it (e.g. a classifier for a dataset)")
-    what = p.add_subparsers(dest="what", required=True)
-    c = what.add_parser(
-        "classifier", help="fine-tune a timm model on a dataset that is not an ImageNet subset"
+def _add_train_parser(sub, parents) -> None:
+    p = sub.add_parser(
+        "train",
+        parents=parents,
+        help="train once and cache: 'classifier' (fine-tune a timm model) or a learned method",
     )
-    c.add_argument("--dataset", required=True, help="dataset name (xaibench list datasets)")
+    p.add_argument("what", help="'classifier', or a learned method (xaibench list methods)")
+    c = p.add_argument_group("train classifier only")
+    c.add_argument("--epochs", type=int, default=None, help="default 5")
+    c.add_argument("--lr", type=float, default=None, help="learning rate of the backbone (default 1e-4)")
+    c.add_argument("--head-lr", type=float, default=None, help="learning rate of the new head (default 1e-3)")
+    c.add_argument("--batch-size", type=int, default=None, help="default 32")
+    c.add_argument("--head-only", action="store_true", default=None, help="train the new head only")
     c.add_argument(
-        "--model", required=True, help="timm model name (its ImageNet weights are the starting point)"
-    )
-    c.add_argument(
-        "--weights", default=None, help="start from this local checkpoint instead of timm's download"
-    )
-    c.add_argument("--data-root", default=None, help="an existing copy of the dataset (no download)")
-    c.add_argument("--epochs", type=int, default=5)
-    c.add_argument("--lr", type=float, default=1e-4, help="learning rate of the backbone")
-    c.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the new classifier head")
-    c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--head-only", action="store_true", help="train the new head only (backbone frozen)")
-    c.add_argument(
-        "--removal-fraction",
-        type=float,
-        default=0.0,
-        help="share of each batch trained with random patch removal",
+        "--removal-fraction", type=float, default=None, help="share of each batch with patches removed (0-1)"
     )
     c.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        help="input size for models that accept one (e.g. 224 for DINOv2, whose default is 518)",
+        "--img-size", type=int, default=None, help="input size for models that take one (e.g. 224)"
     )
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    c.add_argument("--quiet", action="store_true", help="no progress output")
-    for name in LEARNED_METHODS:
-        e = what.add_parser(
-            name, help=f"train the learned explainer '{name}' (cached; resumes if interrupted)"
-        )
-        e.add_argument("--dataset", default="synthetic", help="dataset name (xaibench list datasets)")
-        e.add_argument("--model", default=None, help="classifier (default: the dataset's default model)")
-        e.add_argument(
-            "--preset", default="auto", help="paper, quick, or auto (quick on synthetic, paper elsewhere)"
-        )
-        e.add_argument("--seed", type=int, default=0)
-        e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        e.add_argument("--data-root", default=None, help="an existing copy of the dataset (no download)")
-        e.add_argument("--weights", default=None, help="a local checkpoint to load into the classifier")
-        e.add_argument("--quiet", action="store_true", help="no progress output")
-    return what
 
 
-LEARNED_METHODS = ("vit_shapley", "salvage", "comet")
+CLASSIFIER_OPTIONS = {"epochs": 5, "lr": 1e-4, "head_lr": 1e-3, "batch_size": 32, "head_only": False,
+                      "removal_fraction": 0.0, "img_size": None}  # fmt: skip
 
 
-def cmd_train_explainer(args) -> int:
+def cmd_train(args) -> int:
+    if args.what == "classifier":
+        return train_classifier(args)
+    given = [k for k in CLASSIFIER_OPTIONS if getattr(args, k) is not None]
+    if given:
+        raise UserError(f"--{given[0].replace('_', '-')} applies to 'xaibench train classifier' only")
     import json
 
-    from .harness import Run, RunConfig
+    from .harness import train_methods
+    from .registry import METHODS
 
-    cfg = RunConfig(
-        dataset=args.dataset,
-        model=args.model,
-        methods=args.what,
-        preset=args.preset,
-        seed=args.seed,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        data_root=args.data_root,
-        weights=args.weights,
-        progress=not args.quiet,
-        plugins=args.plugin,
-    )
-    print(json.dumps(Run(cfg).train(), indent=2, default=str))
+    learned = [n for n in METHODS.names() if METHODS.get(n).requires.training]
+    if args.what.lower() not in learned:
+        raise UserError(
+            f"cannot train '{args.what}': 'classifier', or one of the learned methods {', '.join(learned)}"
+        )
+    print(json.dumps(train_methods(_run_config(args, methods=args.what)), indent=2, default=str))
     return 0
 
 
-def cmd_train_classifier(args) -> int:
-    import torch
-
+def train_classifier(args) -> int:
     from .errors import check_positive
     from .pretrained import FinetuneRecipe, finetune_classifier, is_timm_model
-
-    for name in ("epochs", "lr", "head_lr", "batch_size"):
-        check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
-    check_positive("--removal-fraction", args.removal_fraction, allow_zero=True)
-    check_positive("--img-size", args.img_size)
-    if not is_timm_model(args.model):
-        raise UserError(f"unknown timm model '{args.model}': pass a name from timm.list_models()")
     from .registry import DATASETS
+    from .spec import _device
 
+    opts = {k: (v if getattr(args, k) is None else getattr(args, k)) for k, v in CLASSIFIER_OPTIONS.items()}
+    for name in ("epochs", "lr", "head_lr", "batch_size", "img_size"):
+        check_positive(f"--{name.replace('_', '-')}", opts[name])
+    if not 0.0 <= opts["removal_fraction"] <= 1.0:
+        raise UserError(f"--removal-fraction must lie in [0, 1], got {opts['removal_fraction']}")
+    if not args.model or not is_timm_model(args.model):
+        raise UserError(
+            f"unknown timm model '{args.model}': pass --model with a name from timm.list_models()"
+        )
     DATASETS.get(args.dataset)
-    device = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    recipe = FinetuneRecipe(
-        model=args.model,
-        dataset=args.dataset.lower(),
-        epochs=args.epochs,
-        lr=args.lr,
-        head_lr=args.head_lr,
-        batch_size=args.batch_size,
-        head_only=args.head_only,
-        removal_fraction=args.removal_fraction,
-        img_size=args.img_size,
-        seed=args.seed,
-    )
+    recipe = FinetuneRecipe(model=args.model, dataset=args.dataset.lower(), seed=args.seed, **opts)
     directory = finetune_classifier(
         recipe,
-        device=device,
+        device=_device(args.device),
         cache_dir=args.cache_dir,
         data_root=args.data_root,
         weights=args.weights,
@@ -202,36 +198,22 @@ def cmd_train_classifier(args) -> int:
     return 0
 
 
-TRAIN_COMMANDS = {"classifier": cmd_train_classifier, **{m: cmd_train_explainer for m in LEARNED_METHODS}}
-
-
-def cmd_train(args) -> int:
-    return TRAIN_COMMANDS[args.what](args)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xaibench", description="Benchmark attribution methods for image classifiers."
+    parser = _Parser(
+        prog="xaibench",
+        description="Benchmark attribution methods for image classifiers.",
+        parents=[_globals(suppress=False)],
     )
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first (it registers methods, metrics, datasets or models); repeatable",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="cache for data, models and explainers (default: $XAIBENCH_CACHE or ~/.cache/xaibench)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_run_parser(sub)
-    _add_train_parser(sub)
-    p = sub.add_parser("list", help="list registered methods, metrics, datasets or models")
+    parser.add_argument("--version", action="version", version=f"xaibench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = [_globals(suppress=True)]
+    data = common + [_data_options()]
+    _add_run_parser(sub, data)
+    _add_train_parser(sub, data)
+    p = sub.add_parser("list", parents=common, help="list registered methods, metrics, datasets or models")
     p.add_argument("kind", choices=["methods", "metrics", "datasets", "models"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. '*cam*'")
-    p = sub.add_parser("leaderboard", help="aggregate finished runs into a leaderboard")
+    p = sub.add_parser("leaderboard", parents=common, help="aggregate finished runs into a leaderboard")
     p.add_argument("runs", nargs="+", help="run directories (several: one column group per dataset/model)")
     p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json"])
     p.add_argument("--metrics", default=None, help="comma list of score names or wildcards (default: all)")
@@ -240,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ci", action="store_true", help="leave the ± confidence half-widths out (markdown, latex)"
     )
     p.add_argument("--out", default=None, help="write to this file instead of printing")
-    p = sub.add_parser("plot", help="figures of a finished run: curves, bars, grid (PNG and PDF)")
+    p = sub.add_parser(
+        "plot", parents=common, help="figures of a finished run: curves, bars, grid (PNG and PDF)"
+    )
     p.add_argument("run", help="run directory")
     p.add_argument("--kind", default="all", choices=["curves", "bars", "grid", "all"])
     p.add_argument("--methods", default=None, help="comma list of method names or wildcards (default: all)")
@@ -256,49 +240,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_run(args) -> int:
-    from .harness import Run, RunConfig
+def _run_config(args, **override):
+    """A RunConfig from the parsed options whose names are its fields."""
+    from .spec import RunConfig
 
-    cfg = RunConfig(
-        dataset=args.dataset,
-        model=args.model,
-        methods=args.methods,
-        metrics=args.metrics,
-        n_images=args.n_images,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        preset=args.preset,
-        removal=args.removal,
-        n_draws=args.n_draws,
-        target=args.target,
-        cardinalities=args.cardinalities,
-        n_masks=args.n_masks,
-        split=args.split,
-        out=args.out,
-        run_id=args.run_id,
-        cache_dir=args.cache_dir,
-        data_root=args.data_root,
-        weights=args.weights,
-        chunk_size=args.chunk_size,
-        progress=not args.quiet,
-        plugins=args.plugin,
-    )
-    run = Run(cfg)
-    out = run.execute()
-    print(run.leaderboard_markdown, end="")
-    print(f"\nresults: {out}")
-    return 0
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    values.update(plugins=list(args.plugin), **override)
+    return RunConfig(**values)
+
+
+def cmd_run(args) -> int:
+    from .harness import execute
+
+    outcome = execute(_run_config(args))
+    print(outcome.leaderboard_markdown, end="")
+    print(f"\nresults: {outcome.dir}")
+    return outcome.exit_code
 
 
 def cmd_list(args) -> int:
     from .registry import DATASETS, METHODS, METRICS, MODELS
 
     registry = {"methods": METHODS, "metrics": METRICS, "datasets": DATASETS, "models": MODELS}[args.kind]
-    names = registry.names(args.pattern)
-    for name in names:
-        obj = registry.get(name)
-        doc = (obj.__doc__ or "").strip().splitlines()
+    for name in registry.names(args.pattern):
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
         print(f"{name:24s} {doc[0] if doc else ''}".rstrip())
     return 0
 
@@ -307,18 +272,29 @@ def _names(text):
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def cmd_leaderboard(args) -> int:
-    from pathlib import Path
+def _output_file(path: Optional[str]) -> Optional[Path]:
+    if path is None:
+        return None
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory: pass a file name (e.g. {out / 'table.tex'})")
+    from .io import check_writable
 
+    check_writable(out.parent if str(out.parent) else Path("."), "the folder of --out")
+    return out
+
+
+def cmd_leaderboard(args) -> int:
     from .exports import render
     from .leaderboard import leaderboard
 
+    out = _output_file(args.out)
     table, runs = leaderboard(args.runs, metrics=_names(args.metrics), methods=_names(args.methods))
     text = render(table, args.format, ci=not args.no_ci, runs_info=runs)
-    if args.out:
+    if out:
         from .io import write_text
 
-        write_text(Path(args.out), text)
+        write_text(out, text)
     else:
         print(text, end="")
     return 0
@@ -327,6 +303,8 @@ def cmd_leaderboard(args) -> int:
 def cmd_plot(args) -> int:
     from .plots import plot_run
 
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file: pass a directory for the figures")
     for path in plot_run(
         args.run,
         kind=args.kind,
@@ -352,9 +330,11 @@ COMMANDS = {
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from .log import configure
+
     try:
+        args = build_parser().parse_args(argv)
+        configure(quiet=args.quiet)
         from .registry import load_plugin
 
         for module in args.plugin:

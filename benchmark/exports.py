@@ -129,21 +129,28 @@ def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> L
 
 
 def not_run(runs_info: Optional[list]) -> List[str]:
-    """One line per run naming the methods that were skipped or failed, with the reason."""
+    """Per run: the methods that FAILED (with where their traceback is) and those skipped, with
+    the reason; then each method's own caveats (``notes``)."""
     lines = []
     for run in runs_info or []:
-        skipped = {
-            m: i.get("reason", "")
-            for m, i in run.config.get("methods", {}).items()
-            if i.get("status") in ("skipped", "failed")
-        }
-        if skipped:
-            lines.append(
-                f"Not in {run.dataset} / {run.model}: "
-                + "; ".join(f"{m} ({r.splitlines()[0] if r else 'failed'})" for m, r in skipped.items())
-                + "."
-            )
+        where = f"{run.dataset} / {run.model}"
+        methods = run.config.get("methods", {})
+        for status, title in (("failed", "FAILED in"), ("skipped", "Not in")):
+            chosen = {m: i for m, i in methods.items() if i.get("status") == status}
+            if chosen:
+                lines.append(f"{title} {where}: " + "; ".join(_why(m, i) for m, i in chosen.items()) + ".")
+        for m, i in methods.items():
+            for note in i.get("notes") or []:
+                lines.append(f"{i.get('label') or m}: {note}")
     return lines
+
+
+def _why(method: str, info: dict) -> str:
+    reason = (info.get("reason") or "").splitlines()
+    text = f"{method} ({reason[0] if reason else info.get('status')}"
+    if info.get("traceback_file"):
+        text += f"; traceback in {info['traceback_file']}"
+    return text + ")"
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -365,7 +372,7 @@ def write_leaderboards(run_dir: str | Path) -> str:
     """Aggregate a finished run and write leaderboard.{md,tex,csv,json} into it; returns the Markdown."""
     from .leaderboard import leaderboard
 
-    table, runs = leaderboard([run_dir])
+    table, runs = leaderboard([run_dir], verify=False)  # the run writes these before it is sealed
     texts: Dict[str, str] = {}
     for fmt in FORMATS:
         if fmt == "latex" and table.empty:

@@ -54,6 +54,30 @@ def file_hash(path: str | os.PathLike, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+_CONTENT_HASHES: dict = {}
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 (64 hex) of a file's content, computed once per process for an unchanged file
+    (memoised by path, size and modification time)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _CONTENT_HASHES:
+        _CONTENT_HASHES[key] = file_hash(path, 64)
+    return _CONTENT_HASHES[key]
+
+
+def tensor_hash(*tensors: torch.Tensor) -> str:
+    """sha256 (16 hex) of tensors' dtypes, shapes and contents."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 (16 hex) of a module's parameters and buffers, in state-dict order: identical weights
     give identical fingerprints (unlike a hash of a ``torch.save`` file, which embeds a random id)."""

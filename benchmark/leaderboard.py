@@ -195,8 +195,11 @@ class RunResults:
         return out
 
 
-def load_run(run_dir: str | Path) -> RunResults:
-    """Read a run directory written by :mod:`xaibench.harness` (UserError if it is not one)."""
+def load_run(run_dir: str | Path, verify: bool = True) -> RunResults:
+    """Read a run directory written by :mod:`xaibench.harness` (UserError if it is not one, or
+    if ``verify`` and its files are not those the finished run recorded)."""
+    from .store import verify_run
+
     d = Path(run_dir)
     missing = [f for f in ("config.json", "scores.csv") if not (d / f).exists()]
     if missing:
@@ -204,6 +207,9 @@ def load_run(run_dir: str | Path) -> RunResults:
             f"'{run_dir}' is not a finished run directory (no {' or '.join(missing)}); "
             f"pass the folder that `xaibench run` printed after 'results:'"
         )
+    problem = verify_run(d) if verify else None
+    if problem is not None:
+        raise UserError(f"'{run_dir}' cannot be used: {problem}")
     scores = pd.read_csv(d / "scores.csv", dtype={"image_id": str})
     curves = (
         pd.read_csv(d / "curves.csv")
@@ -437,9 +443,9 @@ def merge_runs(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return table
 
 
-def leaderboard(run_dirs: Sequence[str | Path], *, metrics=None, methods=None) -> tuple:
+def leaderboard(run_dirs: Sequence[str | Path], *, metrics=None, methods=None, verify: bool = True) -> tuple:
     """(merged table, [RunResults]) for the CLI and the exports."""
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run(d, verify) for d in run_dirs]
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise UserError(

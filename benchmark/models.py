@@ -9,7 +9,7 @@ name is looked up in timm (see :func:`load_model`).
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,14 +19,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import artifacts
 from .adapter import ModelAdapter
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
-from .io import load_torch, lock, read_json, save_torch, stable_hash, weights_fingerprint, write_json
+from .io import load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
 from .registry import MODELS
 from .removal import Removal
 from .seeding import derive_seed
-from .training import batches, train_epochs
+from .training import RESUMABLE, batches, train_epochs
+
+log = logging.getLogger(__name__)
 
 register_model = MODELS.register
 
@@ -214,14 +217,12 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
         "test_accuracy": test_acc,
         "val_accuracy": evaluate_accuracy(adapter, val),
         "train_seconds": round(time.time() - start, 1),
+        "weights_sha256": weights_fingerprint(model),
     }
     save_torch(directory / "model.pt", model.state_dict())
     write_json(directory / "meta.json", meta)
     (directory / "checkpoint.pt").unlink(missing_ok=True)
-    if progress:
-        print(
-            f"trained {recipe.arch} classifier: test accuracy {test_acc:.2%} → {directory}", file=sys.stderr
-        )
+    log.info(f"trained {recipe.arch} classifier: test accuracy {test_acc:.2%} → {directory}")
     return meta
 
 
@@ -253,7 +254,7 @@ def load_model(
         from .pretrained import is_timm_model, load_timm_model
 
         if not is_timm_model(name):
-            raise _unknown_model(name)
+            raise unknown_model(name)
         if data is None:
             from .datasets import load_dataset
 
@@ -278,25 +279,38 @@ def load_model(
     if recipe.dataset != dataset:
         raise UserError(
             f"model '{name}' is trained for dataset '{recipe.dataset}', not '{dataset}': "
-            f"pass --weights with a checkpoint for '{dataset}', or choose another model"
+            f"choose a model for '{dataset}' (xaibench list models, or any timm model name)"
         )
     opts = {k: v for k, v in (dataset_options or {}).items() if k in ("n_train", "n_val", "image_size")}
     if opts or seed:
         from dataclasses import replace
 
         recipe = replace(recipe, dataset_options={**recipe.dataset_options, **opts}, seed=seed)
+    if weights:
+        return _recipe_with_weights(name, recipe, weights, device)
     directory = resolve_cache_dir(cache_dir) / "models" / recipe_key(name, recipe)
-    if not (directory / "model.pt").exists():
-        with lock(directory, f"model '{name}'"):
-            if not (directory / "model.pt").exists():
-                if progress:
-                    print(
-                        f"model '{name}' is not in the cache: training it once ({directory})", file=sys.stderr
-                    )
-                train_classifier(recipe, directory, device, progress)
-    meta = read_json(directory / "meta.json")
-    model = recipe.build(meta["num_classes"])
-    model.load_state_dict(load_torch(weights or directory / "model.pt"))
+
+    def build(d: Path) -> dict:
+        log.info(f"model '{name}' is not in the cache: training it once ({d})")
+        meta = train_classifier(recipe, d, device, progress)
+        return {k: meta[k] for k in ("weights_sha256", "test_accuracy", "val_accuracy")}
+
+    def load(d: Path):
+        meta = read_json(d / "meta.json")
+        model = recipe.build(meta["num_classes"])
+        model.load_state_dict(load_torch(d / "model.pt"))
+        if weights_fingerprint(model) != artifacts.meta(d).get("weights_sha256"):
+            raise ValueError("the loaded weights differ from those recorded when the model was trained")
+        return model, meta
+
+    model, meta = artifacts.cached(
+        directory,
+        f"model '{name}'",
+        build,
+        load,
+        files=lambda d: ["model.pt", "meta.json"],
+        resumable=RESUMABLE,
+    )
     adapter = ModelAdapter(
         model,
         mean=meta["mean"],
@@ -316,7 +330,43 @@ def load_model(
     return adapter
 
 
-def _unknown_model(name: str) -> UserError:
+def _recipe_with_weights(
+    name: str, recipe: ClassifierRecipe, weights: str, device: torch.device
+) -> ModelAdapter:
+    """The recipe's architecture with a user's checkpoint (no training; the input normalisation is
+    the recipe's, computed from its training data)."""
+    from .checkpoints import load_state, read_state_dict
+    from .datasets import load_dataset
+
+    train = load_dataset(recipe.dataset, "train", **dict(recipe.dataset_options, seed=recipe.seed))
+    mean, std = _channel_stats(train.images)
+    model = recipe.build(train.num_classes)
+    load_state(
+        model,
+        read_state_dict(weights),
+        f"--weights {weights}",
+        f"model '{name}'",
+        f"pass a checkpoint of '{name}' ({train.num_classes} classes) or the --model it was saved from",
+    )
+    adapter = ModelAdapter(
+        model,
+        mean=mean,
+        std=std,
+        input_size=recipe.input_size,
+        device=device,
+        name=name,
+        class_names=train.classes,
+    )
+    adapter.meta = {
+        "source": "xaibench recipe architecture, --weights",
+        "weights": str(weights),
+        "weights_sha256": weights_fingerprint(model),
+        "test_accuracy": None,
+    }
+    return adapter
+
+
+def unknown_model(name: str) -> UserError:
     from .errors import unknown_name
 
     err = unknown_name("model", name, MODELS.names())

@@ -24,8 +24,8 @@ interpolation, crop mode): :class:`~xaibench.datasets.folder.Preprocessing` on t
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,14 +34,18 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from . import artifacts
 from .adapter import ModelAdapter
+from .checkpoints import load_state, read_state_dict
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
-from .io import file_hash, load_torch, lock, read_json, save_torch, stable_hash, write_json
+from .io import file_hash, load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
 from .seeding import derive_seed
+from .training import RESUMABLE
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_CLASSES = 1000
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema", "state_dict_ema")
 
 
 def is_timm_model(name: str) -> bool:
@@ -51,47 +55,6 @@ def is_timm_model(name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------- checkpoints
-
-
-def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
-    """Tensors of a local checkpoint (``.safetensors`` or a weights-only ``torch.save`` file)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"--weights {path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as exc:
-            raise UserError(f"--weights {path}: not a readable safetensors file ({exc})") from exc
-    else:
-        try:
-            state = load_torch(path)
-        except Exception as exc:
-            raise UserError(
-                f"--weights {path}: cannot be loaded with weights_only=True ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); save a plain state dict "
-                f"(torch.save(model.state_dict(), PATH)) or a .safetensors file"
-            ) from exc
-    # unwrap {"state_dict": {...}}, {"model": {...}}, and our own training checkpoints
-    # {"modules": {"model": ...}}
-    for _ in range(3):
-        if isinstance(state, dict) and isinstance(state.get("modules"), dict) and "model" in state["modules"]:
-            state = state["modules"]["model"]
-        inner = next(
-            (state[k] for k in _WRAPPER_KEYS if isinstance(state, dict) and isinstance(state.get(k), dict)),
-            None,
-        )
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"--weights {path}: expected a state dict of tensors")
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
 
 
 def is_efficientnet_pytorch(state: Dict[str, torch.Tensor]) -> bool:
@@ -188,15 +151,13 @@ def load_into(model_name: str, state: Dict[str, torch.Tensor], source: str, **cr
         if num_classes == probe.num_classes
         else timm.create_model(model_name, pretrained=False, num_classes=num_classes, **create_kwargs)
     )
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        missing, unexpected = result.missing_keys, result.unexpected_keys
-        raise UserError(
-            f"{source} does not fit timm model '{model_name}': {len(missing)} missing keys "
-            f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
-            f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); pass --model with the "
-            f"architecture the checkpoint was saved from"
-        )
+    load_state(
+        model,
+        state,
+        source,
+        f"timm model '{model_name}'",
+        "pass --model with the architecture the checkpoint was saved from",
+    )
     return model
 
 
@@ -287,20 +248,17 @@ def finetune_classifier(
     device = torch.device(device)
     if weights:
         recipe = FinetuneRecipe(**{**asdict(recipe), "init_weights_sha256": file_hash(weights, 64)})
+    opts = dict(seed=recipe.seed, cache_dir=cache_dir, data_root=data_root)
+    train, val = load_dataset(recipe.dataset, "train", **opts), load_dataset(recipe.dataset, "val", **opts)
+    key = stable_hash({"recipe": asdict(recipe), "train": train.fingerprint(), "val": val.fingerprint()})
     directory = (
-        resolve_cache_dir(cache_dir) / "models" / f"finetune-{_safe(recipe.model)}-{_safe(recipe.dataset)}-"
-        f"{stable_hash(asdict(recipe))}"
+        resolve_cache_dir(cache_dir)
+        / "models"
+        / f"finetune-{_safe(recipe.model)}-{_safe(recipe.dataset)}-{key}"
     )
     pointer = finetune_pointer(cache_dir, recipe.model, recipe.dataset)
-    opts = dict(seed=recipe.seed, cache_dir=cache_dir, data_root=data_root)
-    with lock(directory, f"fine-tuned '{recipe.model}' on '{recipe.dataset}'"):
-        if (directory / "model.pt").exists():
-            write_json(pointer, {"directory": str(directory)})
-            return directory
-        train, val = (
-            load_dataset(recipe.dataset, "train", **opts),
-            load_dataset(recipe.dataset, "val", **opts),
-        )
+
+    def build(directory: Path) -> dict:
         model = (
             load_into(
                 recipe.model, read_state_dict(weights), f"--weights {weights}", **recipe.create_kwargs()
@@ -363,7 +321,7 @@ def finetune_classifier(
             }
 
         start = time.time()
-        log = train_epochs(
+        epochs_log = train_epochs(
             directory,
             {"model": model},
             opt,
@@ -380,20 +338,28 @@ def finetune_classifier(
             "recipe": asdict(recipe),
             "classes": list(train.classes),
             "num_classes": train.num_classes,
-            "val_accuracy": log[-1]["val_acc"] if log else None,
+            "val_accuracy": epochs_log[-1]["val_acc"] if epochs_log else None,
             "train_seconds": round(time.time() - start, 1),
             "skipped_files": list(train.skipped) + list(val.skipped),
         }
         save_torch(directory / "model.pt", model.state_dict())
         write_json(directory / "meta.json", meta)
         (directory / "checkpoint.pt").unlink(missing_ok=True)
-        write_json(pointer, {"directory": str(directory)})
-    if progress:
-        print(
-            f"fine-tuned {recipe.model} on {recipe.dataset}: val accuracy {meta['val_accuracy']:.2%} "
-            f"→ {directory}",
-            file=sys.stderr,
+        logger.info(
+            f"fine-tuned {recipe.model} on {recipe.dataset}: "
+            f"val accuracy {meta['val_accuracy']:.2%} → {directory}"
         )
+        return {"val_accuracy": meta["val_accuracy"], "weights_sha256": weights_fingerprint(model)}
+
+    artifacts.cached(
+        directory,
+        f"fine-tuned '{recipe.model}' on '{recipe.dataset}'",
+        build,
+        lambda d: d,
+        files=lambda d: ["model.pt", "meta.json"],
+        resumable=RESUMABLE,
+    )
+    write_json(pointer, {"directory": str(directory)})
     return directory
 
 
@@ -462,9 +428,9 @@ def load_timm_model(
     pointer = finetune_pointer(cache_dir, name, dataset)
     if weights:
         model = load_into(name, read_state_dict(weights), f"--weights {weights}")
-        meta.update(weights=str(weights), weights_sha256=file_hash(weights))
-    elif pointer.exists() and (Path(read_json(pointer)["directory"]) / "model.pt").exists():
-        directory = Path(read_json(pointer)["directory"])
+        meta.update(weights=str(weights), file_sha256=file_hash(weights, 64))
+    elif pointer.exists():
+        directory = _finetuned_directory(pointer, name, dataset)
         ft = read_json(directory / "meta.json")
         kwargs = FinetuneRecipe(**ft["recipe"]).create_kwargs()
         model = load_into(
@@ -472,7 +438,6 @@ def load_timm_model(
         )
         meta.update(
             weights=str(directory / "model.pt"),
-            weights_sha256=file_hash(directory / "model.pt"),
             finetuned=ft["recipe"],
             val_accuracy=ft.get("val_accuracy"),
         )
@@ -482,8 +447,7 @@ def load_timm_model(
         outputs = timm.create_model(name, pretrained=False).num_classes
         if outputs != n_classes and not (subset is not None and outputs == IMAGENET_CLASSES):
             raise class_mismatch(name, outputs, dataset, n_classes, subset is not None)
-        if progress:
-            print(f"loading timm's pretrained weights for '{name}'", file=sys.stderr)
+        logger.info(f"loading timm's pretrained weights for '{name}'")
         model = create_pretrained(name)
         meta.update(
             weights="timm pretrained",
@@ -499,5 +463,24 @@ def load_timm_model(
         raise class_mismatch(name, outputs, dataset, n_classes, subset is not None)
     adapter = _adapter(model, name, data, class_indices, device)
     meta["data_config"] = adapter.data_config
+    meta["weights_sha256"] = weights_fingerprint(model)
     adapter.meta = meta
     return adapter
+
+
+def _finetuned_directory(pointer: Path, name: str, dataset: str) -> Path:
+    """The verified fine-tuned classifier a pointer file names (a one-line error if it is damaged)."""
+    try:
+        directory = Path(read_json(pointer)["directory"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"the record of the fine-tuned '{name}' on '{dataset}' ({pointer}) is unreadable ({exc}): "
+            f"delete it, or fine-tune again (xaibench train classifier --dataset {dataset} --model {name})"
+        ) from exc
+    problem = artifacts.verify(directory)
+    if problem is not None:
+        raise UserError(
+            f"the fine-tuned '{name}' on '{dataset}' in {directory} is damaged ({problem}): rebuild it with "
+            f"`xaibench train classifier --dataset {dataset} --model {name}` and the same options"
+        )
+    return directory

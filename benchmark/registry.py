@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import importlib.util
+import os
+import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .errors import UserError, unknown_name
@@ -121,8 +125,32 @@ MODELS = Registry("model", "xaibench.models", "xaibench.models")
 
 
 def load_plugin(module: str) -> None:
-    """Import a user module so that its ``@register_*`` decorators run."""
+    """Import a user module so that its ``@register_*`` decorators run.
+
+    ``module`` is a module name (looked up on ``sys.path`` and, failing that, in the current
+    directory, as the README's example expects) or the path of a ``.py`` file."""
     try:
-        importlib.import_module(module)
+        if module.endswith(".py") or os.sep in module:
+            path = Path(module).expanduser().resolve()
+            if not path.is_file():
+                raise UserError(f"plugin file '{module}' does not exist")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = mod
+            spec.loader.exec_module(mod)
+            return
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.insert(0, os.getcwd())
+            importlib.import_module(module)
+    except UserError:
+        raise
+    except SystemExit as exc:
+        raise UserError(
+            f"plugin module '{module}' called sys.exit({exc.code!r}) while being imported"
+        ) from exc
     except Exception as exc:
         raise UserError(f"plugin module '{module}' failed to import: {type(exc).__name__}: {exc}") from exc

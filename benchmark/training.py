@@ -21,6 +21,9 @@ import torch.nn as nn
 from .io import atomic_write, load_torch, save_torch
 from .seeding import derive_seed
 
+#: files of an unfinished training that a rebuild keeps, so that it resumes (checked when read)
+RESUMABLE = ("checkpoint.pt", "log.csv")
+
 EpochFn = Callable[[int, torch.Generator, "Progress"], Dict[str, float]]
 
 

@@ -124,6 +124,18 @@ class AttributionMethod:
         """Maps for a batch: x (B, 3, H, W) normalised, target (B,) class indices."""
         raise NotImplementedError
 
+    def observe(self, adapter, batch) -> None:
+        """Called with every scored batch after its maps (e.g. to report accuracy); default: nothing."""
+
+    def report(self) -> Dict[str, Any]:
+        """What the run records about this method besides its settings (training logs, ...)."""
+        return {}
+
+    def metric_adapter(self, adapter):
+        """The model whose outputs the metrics score: the classifier, unless the method explains
+        a model of its own (COMET's predictor)."""
+        return adapter
+
     def notes(self) -> List[str]:
         """Caveats the leaderboard prints under the table for this method (default: none)."""
         return []

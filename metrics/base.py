@@ -12,11 +12,12 @@ bootstrap over images).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from xaibench.attribution import Attribution
+from xaibench.batch import Batch
 from xaibench.errors import UserError
 from xaibench.registry import METRICS
 from xaibench.removal import Removal
@@ -36,26 +37,6 @@ def register_metric(name: Optional[str] = None):
         return cls
 
     return decorator
-
-
-@dataclass
-class Batch:
-    """A batch as the harness hands it to methods and metrics."""
-
-    x: torch.Tensor  # (B, 3, H, W) normalised
-    labels: torch.Tensor  # (B,) true labels
-    targets: torch.Tensor  # (B,) explained class (prediction or label)
-    ids: List[str]
-    probs: torch.Tensor  # (B, C) clean probabilities
-    masks: Optional[torch.Tensor] = None  # (B, H, W) bool ground-truth object masks
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def second_labels(self) -> torch.Tensor:
-        """The second most probable class of the clean prediction."""
-        return self.probs.topk(2, dim=1).indices[:, 1]
 
 
 @dataclass

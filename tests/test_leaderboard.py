@@ -29,6 +29,7 @@ from xaibench.leaderboard import (
     merge_runs,
 )
 from xaibench.seeding import generator
+from xaibench.store import seal_run
 
 DIRECTIONS = {
     "srg": "up",
@@ -115,6 +116,7 @@ def make_run(
             d / "parts" / m / "attributions.pt",
             {"ids": [f"{dataset}-test-{i:05d}" for i in range(len(mp))], "level": "patch", "maps": mp},
         )
+    seal_run(d)  # a finished run: its files are recorded, as the harness does
     return d
 
 
@@ -313,27 +315,17 @@ def test_selection_and_bad_input(tmp_path):
 
 def test_real_run_directory_from_the_harness(tmp_path):
     """The harness writes all four formats; they agree with a fresh aggregation."""
-    from conftest import make_tiny_vit
+    from xaibench.harness import execute
+    from xaibench.spec import RunConfig
 
-    from xaibench.harness import Run, RunConfig
-
-    run = Run(
-        RunConfig(
-            methods="random,saliency",
-            metrics="srg",
-            n_images=6,
-            batch_size=3,
-            cardinalities=4,
-            out=str(tmp_path),
-            progress=False,
-            model="xaibench_vit",
-        )
+    config = RunConfig(
+        methods="random,saliency", metrics="srg", n_images=6, batch_size=3, cardinalities=4, out=str(tmp_path)
     )
-    run._load = _tiny_loader(run, make_tiny_vit)
-    out = run.execute()
+    outcome = execute(config, context=tiny_context(6))
+    out = outcome.dir
     for ext in ("md", "tex", "csv", "json"):
         assert (out / f"leaderboard.{ext}").stat().st_size > 0
-    assert run.leaderboard_markdown.startswith("| Method | SRG ↑ | MIF ↑ | LIF ↓ |")
+    assert outcome.leaderboard_markdown.startswith("| Method | SRG ↑ | MIF ↑ | LIF ↓ |")
     doc = json.loads((out / "leaderboard.json").read_text())
     assert doc["runs"][0]["config"]["methods"]["saliency"]["status"] == "done"
     fresh = build_leaderboard(out)
@@ -341,19 +333,16 @@ def test_real_run_directory_from_the_harness(tmp_path):
     np.testing.assert_allclose(saved["mean"], fresh["mean"])
 
 
-def _tiny_loader(run, make_tiny_vit):
-    """Replace model loading (training the default ViT) by the untrained tiny ViT at 32×32."""
+def tiny_context(n: int):
+    """A run's context without loading (or training) the default model: the untrained tiny ViT at
+    32×32 on ``n`` synthetic test images."""
+    from conftest import make_tiny_vit
 
-    def load():
-        from xaibench.datasets import load_dataset
-        from xaibench.removal import Removal
+    from xaibench.context import RunContext
+    from xaibench.datasets import load_dataset
+    from xaibench.removal import Removal
 
-        run.data = load_dataset("synthetic", "test", n_test=6, image_size=32)
-        run.indices = list(range(6))
-        run.adapter = make_tiny_vit()
-        run.adapter.meta = {"source": "test"}
-        run.removal = Removal("drop")
-        run.distractors = None
-        run.train_data = None
-
-    return load
+    data = load_dataset("synthetic", "test", n_test=n, image_size=32)
+    adapter = make_tiny_vit()
+    adapter.meta = {"source": "test"}
+    return RunContext(data, adapter, Removal("drop"), list(range(n)))

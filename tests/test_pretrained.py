@@ -213,8 +213,9 @@ def test_lite0_weights_classify_the_skimage_photos(photo_dataset):
 
 @needs_lite0
 def test_run_over_the_photos_completes_for_cnn_methods(photo_dataset, tmp_path):
-    from xaibench.harness import Run, RunConfig
+    from xaibench.harness import execute
     from xaibench.registry import METHODS
+    from xaibench.spec import RunConfig
 
     cnn = [m for m in ("saliency", "gradcam", "eigencam", "random") if m in METHODS]
     cfg = RunConfig(
@@ -229,10 +230,8 @@ def test_run_over_the_photos_completes_for_cnn_methods(photo_dataset, tmp_path):
         out=str(tmp_path),
         run_id="r",
         cache_dir=str(tmp_path / "cache"),
-        progress=False,
     )
-    run = Run(cfg)
-    out = run.execute()
+    out = execute(cfg).dir
     info = json.loads((out / "config.json").read_text())
     assert {m: info["methods"][m]["status"] for m in cnn} == {m: "done" for m in cnn}
     assert info["model"]["weights_sha256"] and info["model"]["arch"] == "cnn"

@@ -148,8 +148,8 @@ def test_interrupted_run_resumes_without_recomputing(cache, tmp_path, monkeypatc
     assert xb(cache, *args) == 130
     assert "re-run the same command to resume" in capsys.readouterr().err
     d = run_dir(tmp_path / "r")
-    assert (d / "parts" / "random" / "done.json").exists()
-    assert not (d / "parts" / "grad_x_input_test" / "done.json").exists()
+    assert (d / "parts" / "random" / "manifest.json").exists()
+    assert not (d / "parts" / "grad_x_input_test" / "manifest.json").exists()
     stamp = (d / "parts" / "random" / "scores.csv").stat().st_mtime_ns
 
     monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", original)
@@ -162,20 +162,41 @@ def test_interrupted_run_resumes_without_recomputing(cache, tmp_path, monkeypatc
     assert (d / "scores.csv").read_bytes() == (run_dir(tmp_path / "u") / "scores.csv").read_bytes()
 
 
-def test_a_failing_method_is_recorded_and_the_others_finish(cache, tmp_path, monkeypatch):
+def test_a_failing_method_is_recorded_and_the_others_finish(cache, tmp_path, monkeypatch, capsys):
+    import plugin_tiny
+
+    def broken(self, *a, **k):
+        return deep_failure()
+
+    def deep_failure():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", broken)
+    code = xb(cache, "run", *FAST, "--methods", "random,grad_x_input_test", "--out", str(tmp_path))
+    assert code == 1  # a requested method failed
+    d = run_dir(tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    status = config["methods"]
+    failed = status["grad_x_input_test"]
+    assert failed["status"] == "failed" and "boom" in failed["reason"]
+    assert status["random"]["status"] == "done"
+    trace = d / "parts" / "grad_x_input_test" / "error.txt"
+    text = trace.read_text()
+    assert "Traceback" in text and "deep_failure" in text and "RuntimeError: boom" in text
+    err = capsys.readouterr().err  # --quiet, and still told where the traceback is
+    assert str(trace) in err and "FAILED" in err
+    assert "FAILED in synthetic" in (d / "leaderboard.md").read_text()
+
+
+def test_a_run_in_which_every_method_fails_exits_non_zero(cache, tmp_path, monkeypatch, capsys):
     import plugin_tiny
 
     def broken(self, *a, **k):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", broken)
-    assert xb(cache, "run", *FAST, "--methods", "random,grad_x_input_test", "--out", str(tmp_path)) == 0
-    config = json.loads((run_dir(tmp_path) / "config.json").read_text())
-    status = config["methods"]
-    assert (
-        status["grad_x_input_test"]["status"] == "failed" and "boom" in status["grad_x_input_test"]["reason"]
-    )
-    assert status["random"]["status"] == "done"
+    assert xb(cache, "run", *FAST, "--methods", "grad_x_input_test", "--out", str(tmp_path)) == 1
+    assert "(no results)" in capsys.readouterr().out
 
 
 def test_random_srg_is_zero_within_its_interval(cache, tmp_path):
@@ -215,25 +236,32 @@ def test_a_method_that_freezes_the_classifier_does_not_break_the_next(cache, tmp
         raise RuntimeError("left the classifier frozen")
 
     monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", freezes_then_fails)
-    assert xb(cache, "run", *FAST, "--methods", "grad_x_input_test,gradcam", "--out", str(tmp_path)) == 0
+    assert xb(cache, "run", *FAST, "--methods", "grad_x_input_test,gradcam", "--out", str(tmp_path)) == 1
     config = json.loads((run_dir(tmp_path) / "config.json").read_text())
     assert config["methods"]["grad_x_input_test"]["status"] == "failed"
     assert config["methods"]["gradcam"]["status"] == "done"
     monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", original)
 
 
-def test_a_changed_method_is_recomputed_not_reused(cache, tmp_path, monkeypatch):
-    import xaibench.harness as harness
+def test_changed_code_is_never_reused(cache, tmp_path, monkeypatch, capsys):
+    """Any edit of the installed package (a helper module, not only a method's own file) gives
+    the run another identity: by default a new run directory; under a fixed run id a refusal."""
+    import xaibench.identity as identity
 
     args = ["run", *FAST, "--methods", "random", "--out", str(tmp_path)]
     assert xb(cache, *args) == 0
-    part = run_dir(tmp_path) / "parts" / "random" / "scores.csv"
-    stamp = part.stat().st_mtime_ns
+    first = run_dir(tmp_path)
+    monkeypatch.setattr(identity, "source_fingerprint", lambda plugins=(): "edited")
     assert xb(cache, *args) == 0
-    assert part.stat().st_mtime_ns == stamp  # same code: reused
-    monkeypatch.setattr(harness, "_code_fingerprint", lambda classes: "edited")
-    assert xb(cache, *args) == 0
-    assert part.stat().st_mtime_ns != stamp  # edited code: recomputed
+    dirs = sorted(p.name for p in tmp_path.iterdir())
+    assert len(dirs) == 2 and first.name in dirs  # recomputed in its own directory
+    fixed = ["run", *FAST, "--methods", "random", "--out", str(tmp_path / "f"), "--run-id", "mine"]
+    monkeypatch.undo()
+    assert xb(cache, *fixed) == 0
+    monkeypatch.setattr(identity, "source_fingerprint", lambda plugins=(): "edited")
+    capsys.readouterr()
+    assert xb(cache, *fixed) == 2
+    assert "source_sha256" in capsys.readouterr().err
 
 
 def test_classifier_training_is_reproducible(tmp_path):

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..io import tensor_hash
+
 
 @dataclass
 class Sample:
@@ -48,6 +50,14 @@ class DatasetSplit(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def fingerprint(self) -> str:
+        """A hash of the split's content (images, labels, masks, ids): equal content, equal hash."""
+        raise NotImplementedError
+
+    def image_id(self, index: int) -> str:
+        """The id of image ``index`` (without decoding it where the split can)."""
+        return self[index].id
+
 
 class TensorSplit(DatasetSplit):
     """A split held in memory: images as uint8 (N, 3, H, W), labels (N,), masks bool (N, H, W)."""
@@ -76,6 +86,18 @@ class TensorSplit(DatasetSplit):
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def image_id(self, index: int) -> str:
+        return self.ids[index]
+
+    def fingerprint(self) -> str:
+        if getattr(self, "_fingerprint", None) is None:
+            masks = (self.masks,) if self.masks is not None else ()
+            ids = "\n".join(self.ids).encode()
+            self._fingerprint = tensor_hash(
+                self.images, self.labels, *masks, torch.frombuffer(bytearray(ids), dtype=torch.uint8)
+            )
+        return self._fingerprint
 
     def __getitem__(self, index: int) -> Sample:
         mask = self.masks[index] if self.masks is not None else None

@@ -28,6 +28,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..io import content_hash, stable_hash
 from .base import DatasetSplit, Sample
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -168,6 +169,15 @@ def decode_label_image(path: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=dtype).view(h, w).long()
 
 
+def _content(path: Optional[str]) -> str:
+    if not path:
+        return ""
+    try:
+        return content_hash(path)
+    except OSError as exc:  # an unreadable file is part of the identity too (it is skipped when read)
+        return f"unreadable: {exc.strerror or exc}"
+
+
 class ImageFileSplit(DatasetSplit):
     """A split of image files, decoded on access.
 
@@ -198,6 +208,16 @@ class ImageFileSplit(DatasetSplit):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def image_id(self, index: int) -> str:
+        return self.records[index].id
+
+    def fingerprint(self) -> str:
+        """sha256 over every record's id, label and the content of its image (and mask) file."""
+        if getattr(self, "_fingerprint", None) is None:
+            rows = [(r.id, r.label, _content(r.path), _content(r.mask_path)) for r in self.records]
+            self._fingerprint = stable_hash({"name": self.name, "split": self.split, "records": rows}, 16)
+        return self._fingerprint
 
     @property
     def labels(self) -> torch.Tensor:
