@@ -29,6 +29,13 @@ without a GPU that call is made a no-op while their code runs. Their model needs
     pip install --target /tmp/refdeps einops
     PYTHONPATH=/tmp/refdeps OMP_NUM_THREADS=1 python perf/lrp_reference.py --reference-repo /tmp/ref
 
+``--measure`` needs no checkout: it runs our "lrp" on the same model and prints the relevance
+totals (after the final LayerNorm and at every block's input, per image, for the fixture's
+images and 32 more seeded ones), the largest batch-vs-single-image difference and the per-image
+Pearson correlation with the recorded maps::
+
+    OMP_NUM_THREADS=1 python perf/lrp_reference.py --measure
+
 ``tests/test_lrp_vit.py`` imports :func:`build_timm_vit` and :func:`reference_inputs` from
 this file, rebuilds the model (checking the recorded logits) and compares our "lrp" maps with
 the recorded ones.
@@ -130,12 +137,65 @@ def _commit(repo: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def measure(fixture: Path) -> None:
+    """Our "lrp" on the fixture's model: conservation, batch vs single images, agreement."""
+    from xaibench.adapter import ModelAdapter
+    from xaibench.methods import create_method
+    from xaibench.methods.lrp import vit_relevance
+
+    record = json.loads(fixture.read_text())
+    adapter = ModelAdapter(
+        build_timm_vit(record["model_seed"]), mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(32, 32)
+    )
+    x, targets = reference_inputs(record["input_seed"], record["n_images"])
+    g = torch.Generator().manual_seed(INPUT_SEED + 1)
+    more = torch.randn(32, 3, 32, 32, generator=g)
+    xs, ts = (
+        torch.cat([x, more]),
+        torch.cat([targets, torch.randint(0, CONFIG["num_classes"], (32,), generator=g)]),
+    )
+    rel = vit_relevance(adapter, xs, ts)
+
+    def gap(t):  # largest |per-image total - 1|
+        return (t.flatten(1).double().sum(1) - 1).abs().max().item()
+
+    print(f"batch of {len(xs)} images; the target's relevance is 1 (one-hot)")
+    print(f"  |total - 1| after the head:             {gap(rel.pooled):.3g}")
+    print(f"  |total - 1| after the final LayerNorm:  {gap(rel.tokens):.3g}")
+    for block, (r_in, r_out) in enumerate(zip(rel.block_inputs, rel.block_outputs())):
+        step = (r_in.flatten(1).double().sum(1) - r_out.flatten(1).double().sum(1)).abs().max().item()
+        print(f"  block {block}: |total - 1| at its input {gap(r_in):.3g}, |in - out| {step:.3g}")
+    lrp = create_method("lrp")
+    ids = [str(i) for i in range(len(xs))]
+    batched = lrp.attribute(adapter, xs, ts, ids=ids).maps
+    single = torch.cat(
+        [
+            lrp.attribute(adapter, xs[i : i + 1], ts[i : i + 1], ids=ids[i : i + 1]).maps
+            for i in range(len(xs))
+        ]
+    )
+    diff = (batched - single).abs().max().item()
+    print(f"batch vs single: max |difference| {diff:.3g} (map scale {batched.abs().max().item():.3g})")
+    ours, theirs = batched[: len(x)].flatten(1), torch.tensor(record["maps"])
+    r = torch.stack([torch.corrcoef(torch.stack([a, b]))[0, 1] for a, b in zip(ours, theirs)])
+    rel_gap = ((ours - theirs).abs().amax(1) / theirs.abs().amax(1)).max().item()
+    print(
+        f"vs the authors' maps ({len(x)} images): Pearson min {r.min().item():.8f} "
+        f"mean {r.mean().item():.8f}; max |difference| / map max {rel_gap:.3g}"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference-repo", required=True, type=Path, help="checkout of their repository")
+    parser.add_argument("--reference-repo", type=Path, help="checkout of their repository")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--measure", action="store_true", help="measure our lrp against the fixture --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.measure:
+        return measure(args.out)
+    if args.reference_repo is None:
+        parser.error("--reference-repo is required (unless --measure)")
 
     repo = args.reference_repo.resolve()
     sys.path.insert(0, str(repo))
