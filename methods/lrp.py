@@ -1,29 +1,48 @@
 """Layer-wise relevance propagation.
 
-- **ViT** (timm ``VisionTransformer``): "Transformer interpretability beyond attention
-  visualization" (Chefer, Gur & Wolf, CVPR 2021), the LRP baseline of the salvage paper.
-  Relevance starts as the one-hot of the target logit and is propagated back through every
-  layer: linear layers with the LRP-αβ rule (α = 1, β = 0; inputs and weights split by sign),
-  LayerNorm, softmax, scaling and pooling with the gradient × input ("LRP-0") rule, GELU passes
-  relevance unchanged, and the two-operand layers (residual additions and the two attention
-  matrix products) split relevance by gradient × input and renormalise both parts so that
-  their sum equals the incoming relevance (the paper's Eq. 7–8). Every block keeps the
-  relevance R_A of its attention probabilities and their gradient ∇A of the target logit; the
-  map is the rollout Π_l (I + mean_h[(∇A_l ⊙ R_A_l)⁺]), first block rightmost, CLS row over the
-  patch tokens (all prefix tokens, registers included, are skipped). The authors' code works
-  on one image at a time; here every step is batched (the renormalisation sums run per image).
+- **ViT** (timm ``VisionTransformer``): the "transformer attribution" of Chefer, Gur & Wolf,
+  "Transformer Interpretability Beyond Attention Visualization" (CVPR 2021), with the
+  propagation rules of the authors' implementation, which defines the method:
+
+  * relevance starts as the one-hot vector of the target logit;
+  * linear layers (classifier head, qkv, attention output projection, both MLP layers) use
+    LRP-αβ with α = 1, β = 0: the positive contributions x⁺W⁺ + x⁻W⁻ share the relevance of
+    each output, biases take none;
+  * LayerNorm (all of them: block norms, the final norm, ``fc_norm``, q/k norms and the
+    optional attention/MLP norms), softmax, GELU, dropout, LayerScale and the attention
+    scale pass relevance through unchanged;
+  * pooling uses the gradient × input rule (token pooling puts the relevance on the CLS
+    token), a copy of a tensor feeding two branches sums the relevance of both;
+  * a residual addition u + v splits relevance by gradient × input (R_u = u ⊙ R / (u + v))
+    and rescales the two parts so that their totals are |Σ R_u| : |Σ R_v| of the incoming
+    total (the paper's Eq. 8);
+  * the two attention products (q kᵀ before the softmax, A v after it) use gradient × input
+    on each operand and halve both parts: a product is linear in each operand, so each part
+    alone already totals the incoming relevance, and halving is what Eq. 8 gives there. The
+    relevance of A goes through the softmax and the attention scale unchanged to q kᵀ
+    (computed without the scale), and that of q, k, v is laid out as the qkv layer's output.
+
+  Every block keeps the relevance R_A of its attention probabilities (as halved) and their
+  gradient ∇A of the target logit. The map is the rollout Π_l (I + mean_h[(∇A_l ⊙ R_A_l)⁺]),
+  first block rightmost and without row normalisation, read at the CLS row over the patch
+  tokens (all prefix tokens, registers included, are skipped; a model without a CLS token
+  uses the mean of the patch rows). The authors' code explains one image at a time; here
+  every step is batched and every renormalisation sums over one image only.
 - **CNN** (ResNets): zennit's ``EpsilonPlusFlat`` composite (flat rule on the first layer,
   z⁺ on convolutions, ε on dense layers), BatchNorm merged into the preceding convolution, and
   each residual addition made an explicit ``Sum`` (so relevance is split between the branches,
   not duplicated) for timm's and torchvision's ResNet blocks. Initial relevance = the target
   logit. The map is the relevance summed over colour channels (pixel level).
 
-The GAE method (Chefer et al. 2021b) lives in ``attention.py`` under its own name.
+The GAE method (Chefer, Gur & Wolf, "Generic Attention-model Explainability for Interpreting
+Bi-Modal and Encoder-Decoder Transformers", ICCV 2021) lives in ``attention.py`` under its own
+name.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -56,23 +75,35 @@ def lrp0(
     return [x.detach() * g for x, g in zip(xs, grads)]
 
 
+def _per_image_total(t: torch.Tensor) -> torch.Tensor:
+    """Σ over all but the batch dimension, shaped to broadcast against ``t``."""
+    return t.flatten(1).sum(1).view(-1, *([1] * (t.ndim - 1)))
+
+
 def renormalise_pair(a: torch.Tensor, b: torch.Tensor, R: torch.Tensor):
     """Chefer et al. 2021 Eq. 8, per image: scale the two operands' relevance so that their
-    shares are |Σa| : |Σb| and together they sum to ΣR."""
-
-    def total(t):
-        return t.flatten(1).sum(1).view(-1, *([1] * (t.ndim - 1)))
-
-    sa, sb, sr = total(a), total(b), R.flatten(1).sum(1)
+    totals are in the ratio |Σa| : |Σb| and together equal ΣR."""
+    sa, sb, sr = _per_image_total(a), _per_image_total(b), _per_image_total(R)
     denom = sa.abs() + sb.abs()
-    fa = safe_div(sa.abs().flatten(), denom.flatten()) * sr
-    fb = safe_div(sb.abs().flatten(), denom.flatten()) * sr
-    return (a * safe_div(fa.view_as(sa), sa), b * safe_div(fb.view_as(sb), sb))
+    fa = safe_div(sa.abs(), denom) * sr
+    fb = safe_div(sb.abs(), denom) * sr
+    return a * safe_div(fa, sa), b * safe_div(fb, sb)
 
 
 def two_operand(fn: Callable, x: torch.Tensor, y: torch.Tensor, R: torch.Tensor):
+    """Gradient × input on both operands of ``fn`` (e.g. a residual addition), renormalised."""
     a, b = lrp0(fn, [x, y], R)
     return renormalise_pair(a, b, R)
+
+
+def matmul_halves(x: torch.Tensor, y: torch.Tensor, R: torch.Tensor):
+    """Relevance of both operands of Z = x @ y: gradient × input on each, halved.
+
+    With S = R / Z: R_x = x ⊙ (S yᵀ) / 2 and R_y = y ⊙ (xᵀ S) / 2. Z is linear in each operand,
+    so either part alone sums to Σ R (up to the stabiliser); halving makes the pair conserve.
+    """
+    S = safe_div(R, x @ y)
+    return x * (S @ y.transpose(-2, -1)) / 2, y * (x.transpose(-2, -1) @ S) / 2
 
 
 def linear_alpha1_beta0(x: torch.Tensor, weight: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -106,113 +137,123 @@ def _check_vit(adapter) -> None:
 
 
 def _vit_forward(adapter, x: torch.Tensor):
-    """A forward pass of the timm ViT that keeps every intermediate tensor LRP needs."""
+    """A forward pass of the timm ViT (eval mode) that keeps every intermediate tensor LRP needs."""
     m = adapter.model
     t = m.norm_pre(m.patch_drop(adapter.vit_embed(x)))
     blocks = []
     for blk in m.blocks:
         at, mlp = blk.attn, blk.mlp
-        rec = {"h_in": t}
         n1 = blk.norm1(t)
         B, N, _ = n1.shape
-        H = at.num_heads
-        qkv = at.qkv(n1)
-        q, k, v = qkv.reshape(B, N, 3, H, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = at.qkv(n1).reshape(B, N, 3, at.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         qn, kn = at.q_norm(q), at.k_norm(k)
-        qs = qn * at.scale
-        scores = qs @ kn.transpose(-2, -1)
-        A = scores.softmax(-1)
-        o = A @ v
-        o2 = o.transpose(1, 2).reshape(B, N, -1)
-        o3 = at.norm(o2)
+        A = ((qn * at.scale) @ kn.transpose(-2, -1)).softmax(-1)
+        o3 = at.norm((A @ v).transpose(1, 2).reshape(B, N, -1))
         r1 = blk.ls1(at.proj(o3))
         h_mid = t + r1
         n2 = blk.norm2(h_mid)
-        g = mlp.act(mlp.fc1(n2))
-        gn = mlp.norm(g)
+        gn = mlp.norm(mlp.act(mlp.fc1(n2)))
         r2 = blk.ls2(mlp.fc2(gn))
-        t = h_mid + r2
-        rec.update(
-            n1=n1,
-            q=q,
-            k=k,
-            qn=qn,
-            kn=kn,
-            qs=qs,
-            scores=scores,
-            A=A,
-            v=v,
-            o2=o2,
-            o3=o3,
-            a_out=at.proj(o3),
-            r1=r1,
-            h_mid=h_mid,
-            n2=n2,
-            g=g,
-            gn=gn,
-            f2=mlp.fc2(gn),
-            r2=r2,
+        blocks.append(
+            dict(h_in=t, n1=n1, qn=qn, kn=kn, A=A, v=v, o3=o3, r1=r1, h_mid=h_mid, n2=n2, gn=gn, r2=r2)
         )
-        blocks.append(rec)
+        t = h_mid + r2
     feats = t
     hn = m.norm(feats)
-    pooled = m.pool(hn)
-    pf = m.fc_norm(pooled)
+    pf = m.fc_norm(m.pool(hn))
     logits = m.head(m.head_drop(pf))
-    return logits, {"feats": feats, "hn": hn, "pooled": pooled, "pf": pf}, blocks
+    return logits, {"feats": feats, "hn": hn, "pf": pf}, blocks
 
 
-def vit_lrp(adapter, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Chefer et al. 2021 relevance maps (B, gh, gw) of a batch."""
+@dataclass
+class ViTRelevance:
+    """What one batched relevance pass leaves behind (all detached).
+
+    ``attn[l]`` and ``attn_grads[l]`` are R_A and ∂ logit/∂A of block l (B, heads, T, T);
+    ``pooled`` is the relevance on the classifier's input features (B, D); ``tokens`` the
+    relevance on the last block's output tokens (B, T, D), equal to that after the final
+    LayerNorm, which passes it unchanged; ``block_inputs[l]`` the relevance on block l's input
+    tokens; ``attn_outputs[l]`` the relevance the first residual addition of block l gives
+    its attention branch.
+    """
+
+    attn: List[torch.Tensor] = field(default_factory=list)
+    attn_grads: List[torch.Tensor] = field(default_factory=list)
+    pooled: Optional[torch.Tensor] = None
+    tokens: Optional[torch.Tensor] = None
+    block_inputs: List[torch.Tensor] = field(default_factory=list)
+    attn_outputs: List[torch.Tensor] = field(default_factory=list)
+
+    def block_outputs(self) -> List[torch.Tensor]:
+        return self.block_inputs[1:] + [self.tokens]
+
+
+def _attention_relevance(blk, b: Dict[str, torch.Tensor], R: torch.Tensor):
+    """Relevance on the attention branch's output (B, T, D) → (R_A, relevance on the norm1 output)."""
+    at = blk.attn
+    # ls1 (LayerScale) and proj_drop pass relevance unchanged
+    R = linear_alpha1_beta0(b["o3"], at.proj.weight, R)
+    # at.norm (identity or LayerNorm) passes relevance unchanged
+    Bn, N, _ = R.shape
+    R = R.reshape(Bn, N, at.num_heads, -1).transpose(1, 2)
+    R_A, R_v = matmul_halves(b["A"], b["v"], R)
+    # attn_drop, softmax and the scale pass relevance unchanged; so do q_norm and k_norm
+    R_q, R_kT = matmul_halves(b["qn"], b["kn"].transpose(-2, -1), R_A)
+    R_qkv = torch.stack([R_q, R_kT.transpose(-2, -1), R_v]).permute(1, 3, 0, 2, 4).reshape(Bn, N, -1)
+    return R_A, linear_alpha1_beta0(b["n1"], at.qkv.weight, R_qkv)
+
+
+def _mlp_relevance(blk, b: Dict[str, torch.Tensor], R: torch.Tensor) -> torch.Tensor:
+    """Relevance on the MLP branch's output (B, T, D) → relevance on the norm2 output."""
+    mlp = blk.mlp
+    # ls2, drop2, mlp.norm, drop1 and the activation (GELU) pass relevance unchanged
+    R = linear_alpha1_beta0(b["gn"], mlp.fc2.weight, R)
+    return linear_alpha1_beta0(b["n2"], mlp.fc1.weight, R)
+
+
+def vit_relevance(adapter, x: torch.Tensor, target: torch.Tensor) -> ViTRelevance:
+    """One batched relevance pass of the target logits (``target`` indexes the adapter's classes)."""
     _check_vit(adapter)
     m = adapter.model
     with torch.enable_grad():
         logits, top, blocks = _vit_forward(adapter, x)
         full_target = target if adapter.class_indices is None else adapter.class_indices[target]
-        As = [b["A"] for b in blocks]
-        grads_A = torch.autograd.grad(logits.gather(1, full_target.view(-1, 1)).sum(), As)
+        grads = torch.autograd.grad(logits.gather(1, full_target.view(-1, 1)).sum(), [b["A"] for b in blocks])
+    with torch.no_grad():
+        return _propagate(m, full_target, logits.shape[1], top, blocks, grads)
+
+
+def _propagate(m, full_target, num_logits, top, blocks, grads) -> ViTRelevance:
     top = {k: v.detach() for k, v in top.items()}
     blocks = [{k: v.detach() for k, v in b.items()} for b in blocks]
-    R = F.one_hot(full_target, logits.shape[1]).float()
-    R = linear_alpha1_beta0(top["pf"], m.head.weight, R)
-    (R,) = lrp0(m.fc_norm, [top["pooled"]], R)
+    out = ViTRelevance(attn_grads=[g.detach() for g in grads])
+    R = F.one_hot(full_target, num_logits).to(top["pf"].dtype)
+    out.pooled = R = linear_alpha1_beta0(top["pf"], m.head.weight, R)
+    # head_drop and fc_norm pass relevance unchanged; pooling: gradient × input
     (R,) = lrp0(m.pool, [top["hn"]], R)
-    (R,) = lrp0(m.norm, [top["feats"]], R)
-    rel_A = [None] * len(blocks)
-    for i in reversed(range(len(blocks))):
-        blk, b = m.blocks[i], blocks[i]
-        at, mlp = blk.attn, blk.mlp
-        # second residual: h_out = h_mid + r2
-        R_mid, R_r2 = two_operand(torch.add, b["h_mid"], b["r2"], R)
-        (R_r2,) = lrp0(blk.ls2, [b["f2"]], R_r2)
-        R_r2 = linear_alpha1_beta0(b["gn"], mlp.fc2.weight, R_r2)
-        (R_r2,) = lrp0(mlp.norm, [b["g"]], R_r2)
-        # the activation (GELU) passes relevance unchanged
-        R_r2 = linear_alpha1_beta0(b["n2"], mlp.fc1.weight, R_r2)
-        (R_r2,) = lrp0(blk.norm2, [b["h_mid"]], R_r2)
-        R = R_mid + R_r2  # the copy of h_mid feeding both branches
-        # first residual: h_mid = h_in + r1
-        R_in, R_r1 = two_operand(torch.add, b["h_in"], b["r1"], R)
-        (R_r1,) = lrp0(blk.ls1, [b["a_out"]], R_r1)
-        R_r1 = linear_alpha1_beta0(b["o3"], at.proj.weight, R_r1)
-        (R_r1,) = lrp0(at.norm, [b["o2"]], R_r1)
-        Bn, N, _ = R_r1.shape
-        R_o = R_r1.reshape(Bn, N, at.num_heads, -1).transpose(1, 2)
-        R_A, R_v = two_operand(torch.matmul, b["A"], b["v"], R_o)
-        rel_A[i] = R_A
-        (R_s,) = lrp0(lambda s: s.softmax(-1), [b["scores"]], R_A)
-        R_qs, R_kn = two_operand(lambda qs, kn: qs @ kn.transpose(-2, -1), b["qs"], b["kn"], R_s)
-        (R_q,) = lrp0(lambda qn: qn * at.scale, [b["qn"]], R_qs)
-        (R_q,) = lrp0(at.q_norm, [b["q"]], R_q)
-        (R_k,) = lrp0(at.k_norm, [b["k"]], R_kn)
-        R_qkv = torch.stack([R_q, R_k, R_v]).permute(1, 3, 0, 2, 4).reshape(Bn, N, -1)
-        R_qkv = linear_alpha1_beta0(b["n1"], at.qkv.weight, R_qkv)
-        (R_qkv,) = lrp0(blk.norm1, [b["h_in"]], R_qkv)
-        R = R_in + R_qkv
-    T = rel_A[0].shape[-1]
+    out.tokens = R  # the final LayerNorm passes relevance unchanged
+    rel_A, block_inputs, attn_outputs = [], [], []
+    for blk, b in zip(reversed(m.blocks), reversed(blocks)):
+        R_mid, R_mlp = two_operand(torch.add, b["h_mid"], b["r2"], R)
+        R = R_mid + _mlp_relevance(blk, b, R_mlp)  # norm2 passes; the copy of h_mid sums both
+        R_in, R_attn = two_operand(torch.add, b["h_in"], b["r1"], R)
+        attn_outputs.append(R_attn)
+        R_A, R_n1 = _attention_relevance(blk, b, R_attn)
+        rel_A.append(R_A)
+        R = R_in + R_n1  # norm1 passes; the copy of the block input sums both
+        block_inputs.append(R)
+    out.attn, out.block_inputs, out.attn_outputs = rel_A[::-1], block_inputs[::-1], attn_outputs[::-1]
+    return out
+
+
+def vit_lrp(adapter, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Chefer et al. 2021 "transformer attribution" maps (B, gh, gw) of a batch."""
+    rel = vit_relevance(adapter, x, target)
+    T = rel.attn[0].shape[-1]
+    eye = torch.eye(T, device=x.device, dtype=rel.attn[0].dtype)
     joint = None
-    for R_A, gA in zip(rel_A, grads_A):
-        cam = (gA.detach() * R_A).clamp_min(0).mean(1) + torch.eye(T, device=x.device)
+    for R_A, gA in zip(rel.attn, rel.attn_grads):
+        cam = (gA * R_A).clamp_min(0).mean(1) + eye
         joint = cam if joint is None else cam @ joint
     return _explained_row(adapter, joint)
 
