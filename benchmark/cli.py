@@ -119,6 +119,9 @@ def _add_run_parser(sub, parents) -> None:
     p.add_argument(
         "--train-seeds", type=int, default=1, help="training seeds of each learned method (pooled)"
     )
+    p.add_argument(
+        "--save-maps", action="store_true", help="keep every method's maps (parts/<method>/maps.npz)"
+    )
 
 
 def _add_train_parser(sub, parents) -> None:

@@ -112,7 +112,7 @@ def parts_of(spec: RunSpec, method) -> List[tuple]:
 
 def _score_part(store: RunStore, spec, ctx, method, metrics, eval_ctx, part: str, seed) -> dict:
     key = store.part_key({**method.settings(), "train_seed": seed}, [m.settings() for m in metrics])
-    info = store.finished_part(part, key)
+    info = store.finished_part(part, key, with_maps=spec.save_maps)
     if info is not None:
         log.info(f"{part}: finished earlier, reusing {store.part_dir(part)}")
         return info
@@ -147,7 +147,15 @@ def _score_part(store: RunStore, spec, ctx, method, metrics, eval_ctx, part: str
             "report": method.report(),
             "notes": method.notes(),
         }
-        store.write_part(part, key, result, info)
+        maps_meta = {
+            "method": method.name,
+            "settings": method.settings(),
+            "train_seed": seed,
+            "dataset": store.identity["dataset"],
+            "model": store.identity["model"],
+            "run_key": store.key,
+        }
+        store.write_part(part, key, result, info, maps_meta, spec.save_maps)
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as exc:  # one broken method must not lose the others' results

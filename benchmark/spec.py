@@ -29,7 +29,18 @@ DEFAULT_N_IMAGES = {EMBEDDED_DATASET: 200}
 MAX_SYNTHETIC_IMAGES = 100_000
 #: settings that do not change any number (where files go, what is selected, how files are found)
 _NOT_NUMBERS = frozenset(
-    {"methods", "metrics", "out", "run_id", "cache_dir", "data_root", "weights", "plugins", "overwrite"}
+    {
+        "methods",
+        "metrics",
+        "out",
+        "run_id",
+        "cache_dir",
+        "data_root",
+        "weights",
+        "plugins",
+        "overwrite",
+        "save_maps",
+    }
 )
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -63,6 +74,7 @@ class RunConfig:
     plugins: List[str] = field(default_factory=list)
     overwrite: bool = False
     train_seeds: int = 1
+    save_maps: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class RunSpec:
     plugins: Tuple[str, ...]
     overwrite: bool
     train_seeds: int
+    save_maps: bool
 
     def numbers(self) -> dict:
         """The settings the scores depend on (part of the run's identity)."""
@@ -215,4 +228,5 @@ def resolve(config: RunConfig) -> RunSpec:
         plugins=tuple(c.plugins),
         overwrite=bool(c.overwrite),
         train_seeds=c.train_seeds,
+        save_maps=bool(c.save_maps),
     )

@@ -4,8 +4,10 @@ Layout of ``<out>/<run_id>/``::
 
     identity.json       what the numbers depend on (see :mod:`xaibench.identity`)
     parts/<part>/       one method's (one training seed's) results, a verified artifact:
-                        scores.csv, curves.csv, states.pt, attributions.pt, manifest.json
-                        (its key and info); a failed part holds error.txt (the traceback) instead
+                        scores.csv, curves.csv, states.pt, preview.npz (the maps of a fixed
+                        sample of images), maps.npz (every map, with --save-maps; format in
+                        :mod:`xaibench.maps`), manifest.json (its key and info); a failed part
+                        holds error.txt (the traceback) instead
     scores.csv          per-image scores of every method, long format
     curves.csv          mean curves
     states.pt           per-image states of dataset-level metrics
@@ -29,18 +31,31 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
+import torch
 
 from . import artifacts
 from .errors import UserError
 from .identity import differences
 from .io import load_torch, lock, read_json, save_torch, stable_hash, write_csv, write_json, write_text
+from .maps import MapFile, write_maps
+from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["dataset", "model", "method", "train_seed", "image_id", "target", "metric", "value"]
 CURVE_COLUMNS = ["dataset", "model", "method", "metric", "x", "value", "n"]
-PART_FILES = ("scores.csv", "curves.csv", "states.pt", "attributions.pt")
+PREVIEW, MAPS = "preview.npz", "maps.npz"
+PART_FILES = ("scores.csv", "curves.csv", "states.pt", PREVIEW)
+#: images whose maps every part keeps (for the qualitative grid and the report's image explorer)
+PREVIEW_IMAGES = 16
 IDENTITY = "identity.json"
+
+
+def preview_rows(ids: Sequence[str], seed: int) -> List[int]:
+    """Positions of the preview sample: the same images for every method of a run (a seeded
+    order of the ids, first ``PREVIEW_IMAGES``), in scoring order."""
+    order = sorted(range(len(ids)), key=lambda i: derive_seed(seed, "preview", ids[i]))
+    return sorted(order[:PREVIEW_IMAGES])
 
 
 def run_key(identity: dict) -> str:
@@ -92,8 +107,9 @@ class RunStore:
     def part_key(self, method_settings: dict, metric_settings: Sequence[dict]) -> str:
         return stable_hash({"run": self.key, "method": method_settings, "metrics": list(metric_settings)}, 16)
 
-    def finished_part(self, part: str, key: str) -> Optional[dict]:
-        """The info of a finished part with this key, or None (a damaged part is reported once)."""
+    def finished_part(self, part: str, key: str, with_maps: bool = False) -> Optional[dict]:
+        """The info of a finished part with this key (and all its maps, if asked), or None (a
+        damaged part is reported once)."""
         d = self.part_dir(part)
         if not (d / artifacts.MANIFEST).exists():
             return None
@@ -102,7 +118,7 @@ class RunStore:
         if problem is not None:
             log.warning(f"{part}: its saved results in {d} are damaged ({problem}); computing them again")
             return None
-        if meta.get("key") != key:
+        if meta.get("key") != key or (with_maps and MAPS not in artifacts.read_manifest(d)["files"]):
             return None
         return meta.get("info", {})
 
@@ -112,21 +128,25 @@ class RunStore:
         artifacts.clear(d)
         return d
 
-    def write_part(self, part: str, key: str, result, info: dict) -> None:
+    def write_part(self, part: str, key: str, result, info: dict, maps_meta: dict, save_maps: bool) -> None:
+        """Write a finished part: scores, curves, states, the preview maps (a fixed sample of
+        images, for figures and reports) and, with ``save_maps``, every map (``maps.npz``)."""
         d = self.start_part(part)
         write_csv(d / "scores.csv", result.scores)
         write_csv(d / "curves.csv", result.curves)
         save_torch(d / "states.pt", {"ids": list(result.state_ids), "states": result.states})
-        save_torch(
-            d / "attributions.pt",
-            {
-                "ids": list(result.ids),
-                "level": result.level,
-                "maps": result.maps,
-                "targets": list(result.targets),
-            },
+        targets = torch.as_tensor(result.targets, dtype=torch.long)
+        rows = preview_rows(result.ids, self.identity["settings"]["seed"])
+        sample = MapFile(
+            result.maps[rows], [result.ids[i] for i in rows], result.level, targets[rows], maps_meta
         )
-        artifacts.write_manifest(d, PART_FILES, {"key": key, "info": info})
+        write_maps(d / PREVIEW, sample)
+        files = list(PART_FILES)
+        if save_maps:
+            write_maps(d / MAPS, MapFile(result.maps, list(result.ids), result.level, targets, maps_meta))
+            files.append(MAPS)
+            log.info(f"{part}: maps saved to {d / MAPS} ({(d / MAPS).stat().st_size / 2**20:.1f} MB)")
+        artifacts.write_manifest(d, files, {"key": key, "info": info})
 
     def write_failure(self, part: str, exc: BaseException) -> Path:
         """Keep a failed part's full traceback; the part is not reusable (no manifest)."""
