@@ -2,7 +2,7 @@
 
     xaibench run                      # embedded default: synthetic, tiny ViT, every method and metric
     xaibench list methods|metrics|datasets|models [PATTERN]
-    xaibench leaderboard RUN_DIR [RUN_DIR ...] [--format markdown|latex|csv|json]
+    xaibench leaderboard RUN_DIR [RUN_DIR ...] [--format markdown|latex|csv|json] [--rank-metrics all]
     xaibench plot RUN_DIR [--kind curves|bars|grid|all]
 
 Bad input (unknown names, nonsensical numbers, a plugin that fails to import) prints one line
@@ -237,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="comma list of score names or wildcards (default: all)")
     p.add_argument("--methods", default=None, help="comma list of method names or wildcards (default: all)")
     p.add_argument(
+        "--rank-metrics",
+        default="all",
+        help="scores of the aggregate 'Mean rank' column: all (default: every score with a ↑/↓, one vote "
+        "per metric family), faithfulness, localisation, none, or a comma list of score names or "
+        "wildcards (e.g. srg,r_srg); categories and names combine",
+    )
+    p.add_argument(
         "--no-ci", action="store_true", help="leave the ± confidence half-widths out (markdown, latex)"
     )
     p.add_argument("--out", default=None, help="write to this file instead of printing")
@@ -313,7 +320,9 @@ def cmd_leaderboard(args) -> int:
     from .exports import render
     from .leaderboard import leaderboard
 
-    table, runs = leaderboard(args.runs, metrics=_names(args.metrics), methods=_names(args.methods))
+    table, runs = leaderboard(
+        args.runs, metrics=_names(args.metrics), methods=_names(args.methods), rank_metrics=args.rank_metrics
+    )
     text = render(table, args.format, ci=not args.no_ci, runs_info=runs)
     if args.out:
         from .io import write_text
