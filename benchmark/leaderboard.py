@@ -690,9 +690,8 @@ def aggregate_rank(
     note = "; ".join("+".join(scores) for scores in families.values())
     cand = table[~table["reference"] & table["metric"].isin(selected)]
     means = {(r.method, r.metric): float(r.mean) for r in cand.itertuples()}
-    signs = np.array(
-        [-1.0 if cand.loc[cand["metric"] == s, "direction"].iloc[0] == "down" else 1.0 for s in selected]
-    )
+    direction = dict(zip(table["metric"], table["direction"]))
+    signs = np.array([-1.0 if direction[s] == "down" else 1.0 for s in selected])
     methods = list(dict.fromkeys(table.loc[~table["reference"], "method"]))
 
     # the joint resample: every image of the run, the rows of dataset-level states placed on them
@@ -754,10 +753,11 @@ def aggregate_rank(
                     per_seed[:, seeds.index(s)] = torch.tensor(payload[c])[idx].nanmean(1)
                 else:
                     sts, row_of = payload
-                    rows = torch.as_tensor(row_of)[idx]
+                    rows = torch.as_tensor(row_of)[idx]  # state rows of the drawn images; -1: none
+                    if not (rows >= 0).all():
+                        rows = [r[r >= 0] for r in rows]
                     per_seed[:, seeds.index(s)] = torch.tensor(
-                        [float(aggregators[k].aggregate(k, sts[c][r[r >= 0]])) for r in rows],
-                        dtype=torch.float64,
+                        [float(aggregators[k].aggregate(k, sts[c][r])) for r in rows], dtype=torch.float64
                     )
             boots[:, j, q] = per_seed.gather(1, draws).nanmean(1).numpy()
     replicates = mean_ranks(boots, signs, weights)  # (n_boot, methods)
