@@ -234,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="aggregate finished runs into a leaderboard")
     p.add_argument("runs", nargs="+", help="run directories (several: one column group per dataset/model)")
     p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json"])
-    p.add_argument("--metrics", default=None, help="comma list of score names or wildcards (default: all)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma list of score names or wildcards to show (default: all; mean_rank: the aggregate)",
+    )
     p.add_argument("--methods", default=None, help="comma list of method names or wildcards (default: all)")
     p.add_argument(
         "--rank-metrics",

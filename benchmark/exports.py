@@ -156,8 +156,12 @@ def _fraction(k: int) -> str:
 
 def rank_metrics_text(note: str, labels: Dict[str, str]) -> str:
     """ "srg+mif+lif; rma" → "SRG, MIF, LIF (1/3 each); RMA" (families separated by ';')."""
+    from xaibench.metrics import metric_label
+
     families = [f.split("+") for f in str(note).split("; ") if f]
-    return "; ".join(", ".join(labels.get(s, s.upper()) for s in f) + _fraction(len(f)) for f in families)
+    return "; ".join(
+        ", ".join(labels.get(s) or metric_label(s) for s in f) + _fraction(len(f)) for f in families
+    )
 
 
 def aggregate_notes(table: pd.DataFrame) -> List[str]:

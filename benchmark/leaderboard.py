@@ -663,8 +663,8 @@ def aggregate_rank(
     that entered (MIF, LIF, SRG: 1/3 each). This needs no list of "headline" scores, and a
     family whose scores measure different things (completeness vs soundness, RMA vs RRA) keeps
     both; ``--rank-metrics srg,r_srg`` ranks on the salvage paper's headline scores alone.
-    By default the aggregate is left out when a single family enters (it would repeat that
-    family's ranking); an explicit selection needs two scores.
+    By default the aggregate is left out when a single family enters (one experiment alone is
+    no ranking across metrics); an explicit selection needs two scores.
 
     Methods ranked: the non-reference methods with a finite value for every score that entered
     (ranks are taken among them only); any other method gets a NaN row. The point estimate
