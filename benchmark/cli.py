@@ -3,7 +3,7 @@
     xaibench run                      # embedded default: synthetic, tiny ViT, every method and metric
     xaibench train classifier|METHOD  # fine-tune a classifier, or train a learned explainer (cached)
     xaibench list methods|metrics|datasets|models [PATTERN]
-    xaibench leaderboard RUN_DIR [RUN_DIR ...] [--format markdown|latex|csv|json]
+    xaibench leaderboard RUN_DIR [RUN_DIR ...] [--format markdown|latex|csv|json] [--rank-metrics all]
     xaibench plot RUN_DIR [--kind curves|bars|grid|all]
 
 Global options (``--cache-dir``, ``--plugin``, ``--quiet``) go before or after the sub-command.
@@ -219,8 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", parents=common, help="aggregate finished runs into a leaderboard")
     p.add_argument("runs", nargs="+", help="run directories (several: one column group per dataset/model)")
     p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "json"])
-    p.add_argument("--metrics", default=None, help="comma list of score names or wildcards (default: all)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma list of score names or wildcards to show (default: all; mean_rank: the aggregate)",
+    )
     p.add_argument("--methods", default=None, help="comma list of method names or wildcards (default: all)")
+    p.add_argument(
+        "--rank-metrics",
+        default="all",
+        help="scores of the aggregate 'Mean rank' column: all (default: every score with a ↑/↓, one vote "
+        "per metric family), faithfulness, localisation, none, or a comma list of score names or "
+        "wildcards (e.g. srg,r_srg); categories and names combine",
+    )
     p.add_argument(
         "--no-ci", action="store_true", help="leave the ± confidence half-widths out (markdown, latex)"
     )
@@ -292,7 +303,9 @@ def cmd_leaderboard(args) -> int:
     from .leaderboard import leaderboard
 
     out = _output_file(args.out)
-    table, runs = leaderboard(args.runs, metrics=_names(args.metrics), methods=_names(args.methods))
+    table, runs = leaderboard(
+        args.runs, metrics=_names(args.metrics), methods=_names(args.methods), rank_metrics=args.rank_metrics
+    )
     text = render(table, args.format, ci=not args.no_ci, runs_info=runs)
     if out:
         from .io import write_text

@@ -5,6 +5,9 @@ and lay it out like the papers' tables: one row per method, one column group per
 (dataset / model), a ↑ or ↓ after each metric, the best value of each column in bold and the
 second best underlined (LaTeX; italic in Markdown, which has no underline), † on values not
 significantly different from the column's best and * on methods that explain their own model.
+The aggregate rank is one more column ("Mean rank ↓", last in its group) with the scores that
+entered it under the table; the CSV and JSON carry it as rows (``metric`` = ``mean_rank``, the
+scores in ``rank_metrics``). Methods pooled over several training seeds are named under the table.
 """
 
 from __future__ import annotations
@@ -19,7 +22,17 @@ import pandas as pd
 
 from .errors import UserError
 from .io import write_text
-from .leaderboard import ALPHA, LEVEL, N_BOOT, REFERENCE_METHODS, merge_runs, metric_sort_key, ordered
+from .leaderboard import (
+    AGGREGATE,
+    AGGREGATE_LABEL,
+    ALPHA,
+    LEVEL,
+    N_BOOT,
+    REFERENCE_METHODS,
+    merge_runs,
+    metric_sort_key,
+    ordered,
+)
 
 FORMATS = ("markdown", "latex", "csv", "json")
 EXTENSIONS = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json"}
@@ -55,6 +68,8 @@ class Cell:
         self.rank = r.rank
         self.tied = bool(r.tied_with_best)
         self.digits = digits
+        # a mean rank's interval is lopsided near 1 and near the number of methods: shown as is
+        self.as_interval = r.metric == AGGREGATE
 
     @property
     def finite(self) -> bool:
@@ -64,9 +79,15 @@ class Cell:
         return f"{self.mean:.{self.digits}f}" if self.finite else "n/a"
 
     def half_width(self) -> Optional[str]:
-        if not (self.finite and math.isfinite(self.lo) and math.isfinite(self.hi)):
+        if self.as_interval or not (self.finite and math.isfinite(self.lo) and math.isfinite(self.hi)):
             return None
         return f"{(self.hi - self.lo) / 2:.{self.digits}f}"
+
+    def interval(self) -> Optional[str]:
+        """ "[low, high]" for the cells whose interval is shown as bounds (the mean rank)."""
+        if not (self.as_interval and self.finite and math.isfinite(self.lo) and math.isfinite(self.hi)):
+            return None
+        return f"[{self.lo:.{self.digits}f}, {self.hi:.{self.digits}f}]"
 
     @property
     def best(self) -> bool:
@@ -118,6 +139,7 @@ def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> L
             f"{OWN_MODEL} explains its own model (the metrics run on that model's predictions, "
             f"not on the classifier's)."
         )
+    lines += aggregate_notes(table) + seed_notes(table)
     nan = table[table["n_nan"] > 0]
     if len(nan):
         lines.append(
@@ -126,6 +148,63 @@ def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> L
             + "."
         )
     return lines + not_run(runs_info)
+
+
+def _fraction(k: int) -> str:
+    return "" if k == 1 else f" (1/{k} each)"
+
+
+def rank_metrics_text(note: str, labels: Dict[str, str]) -> str:
+    """ "srg+mif+lif; rma" → "SRG, MIF, LIF (1/3 each); RMA" (families separated by ';')."""
+    from xaibench.metrics import metric_label
+
+    families = [f.split("+") for f in str(note).split("; ") if f]
+    return "; ".join(
+        ", ".join(labels.get(s) or metric_label(s) for s in f) + _fraction(len(f)) for f in families
+    )
+
+
+def aggregate_notes(table: pd.DataFrame) -> List[str]:
+    """What the mean-rank column is and which scores entered it (one line per distinct set)."""
+    agg = table[table["metric"] == AGGREGATE]
+    if agg.empty:
+        return []
+    labels = dict(zip(table["metric"], table["metric_label"]))
+    several = table["group"].nunique() > 1 if "group" in table.columns else False
+    notes = {}
+    for note, g in agg.groupby("rank_metrics", sort=False):
+        groups = list(dict.fromkeys(g["group"])) if several else []
+        notes[note] = groups
+    lines = [
+        f"{AGGREGATE_LABEL} {ARROWS['down']}: each method's rank on every score (ties share the average "
+        f"rank; reference rows not ranked) averaged with one vote per metric family, shared by its scores; "
+        f"its {int(LEVEL * 100)} % interval, shown as [low, high], resamples the images (and training seeds) "
+        f"jointly for all methods and scores."
+    ]
+    for note, groups in notes.items():
+        where = f" in {', '.join(groups)}" if groups else ""
+        lines.append(f"Scores in the {AGGREGATE_LABEL.lower()}{where}: {rank_metrics_text(note, labels)}.")
+    missing = agg[~np.isfinite(agg["mean"].astype(float))]
+    if len(missing):
+        lines.append(
+            f"No {AGGREGATE_LABEL.lower()} (a score is missing): "
+            + ", ".join(dict.fromkeys(missing["method_label"]))
+            + "."
+        )
+    return lines
+
+
+def seed_notes(table: pd.DataFrame) -> List[str]:
+    """The methods pooled over several training seeds."""
+    if "n_seeds" not in table.columns:
+        return []
+    pooled = table[table["n_seeds"] > 1].groupby("method_label", sort=False)["n_seeds"].max()
+    if pooled.empty:
+        return []
+    return [
+        "Pooled over training seeds (mean over seeds of the per-seed values; interval from a bootstrap "
+        "over seeds and images): " + ", ".join(f"{m} ({n} seeds)" for m, n in pooled.items()) + "."
+    ]
 
 
 def not_run(runs_info: Optional[list]) -> List[str]:
@@ -186,6 +265,8 @@ def to_markdown(table: pd.DataFrame, ci: bool = True, runs_info: Optional[list] 
                 text = f"_{text}_"
             if hw is not None:
                 text += f" ± {hw}"
+            elif ci and cell.interval():
+                text += f" {cell.interval()}"
             if cell.tied:
                 text += f" {NOT_SIGNIFICANT}"
             row.append(text)
@@ -292,6 +373,8 @@ def to_latex(
             hw = cell.half_width() if ci else None
             if hw is not None:
                 text += rf"{{\scriptsize$\pm${hw}}}"
+            elif ci and cell.interval():
+                text += rf"{{\scriptsize{cell.interval().replace('-', '$-$')}}}"
             if cell.tied:
                 text += r"\textsuperscript{\dag}"
             row.append(text)
@@ -340,6 +423,17 @@ def to_json(table: pd.DataFrame, runs_info: Optional[list] = None) -> str:
             "correction": "holm",
             "alpha": ALPHA,
             "reference_rows": list(REFERENCE_METHODS),
+            "aggregate_rank": {
+                "metric": AGGREGATE,
+                "value": "mean over the scores that entered of each method's rank (1 = best, ↑/↓ respected, "
+                "ties share the average rank), one vote per metric family shared equally by its scores",
+                "scores": "rows' rank_metrics: families separated by '; ', scores of a family by '+'",
+                "interval": "percentile bootstrap; each replicate resamples the images jointly for all "
+                "methods and scores (and each method's training seeds), recomputes every score and re-ranks",
+            },
+            "training_seeds": "rows with n_seeds > 1 pool the seeds: mean over seeds of the per-seed values; "
+            "interval from a two-level bootstrap (seeds with replacement, images with replacement shared by "
+            "the seeds); Wilcoxon tests on per-image values averaged over the seeds",
         },
         "rows": table.to_dict(orient="records"),
         "runs": [

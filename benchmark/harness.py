@@ -292,6 +292,7 @@ class _Record:
                 m.name: {
                     "provides": list(m.provides),
                     "directions": m.directions,
+                    "category": m.category,
                     "settings": m.settings(),
                     "skipped": self.metric_status[m.name],
                 }

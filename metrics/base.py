@@ -2,10 +2,12 @@
 
 A metric is a pure, batched tensor function at its core plus a thin registered class that
 carries its metadata as class attributes: the score names it provides, the direction of
-each (``up`` = higher is better), and what it needs (ground-truth masks, the removal
-operation, a second label). ``compute`` returns per-image scores and, for curve metrics,
-per-image curves. Dataset-level metrics (PxAP) return per-image *states* instead, and
-``aggregate`` turns any set of states into the dataset value (so that a leaderboard can
+each (``up`` = higher is better), its category (what it measures, declared on the class as
+Quantus does: Hedström et al., "Quantus: An Explainable AI Toolkit for Responsible Evaluation
+of Neural Network Explanations", JMLR 2023), and what it needs (ground-truth masks, the
+removal operation, a second label). ``compute`` returns per-image scores and, for curve
+metrics, per-image curves. Dataset-level metrics (PxAP) return per-image *states* instead,
+and ``aggregate`` turns any set of states into the dataset value (so that a leaderboard can
 bootstrap over images).
 """
 
@@ -83,6 +85,9 @@ class Metric:
     provides: ClassVar[Tuple[str, ...]] = ()
     directions: ClassVar[Dict[str, str]] = {}
     labels: ClassVar[Dict[str, str]] = {}  # display names, e.g. {"r_mif": "R-MIF"}
+    #: what the family measures ("faithfulness", "localisation", ...): the leaderboard's aggregate
+    #: rank selects metrics by it; None = no category (the scores still enter "all")
+    category: ClassVar[Optional[str]] = None
     needs_masks: ClassVar[bool] = False
     needs_removal: ClassVar[bool] = False
     needs_second_label: ClassVar[bool] = False

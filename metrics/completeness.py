@@ -57,6 +57,7 @@ def top_fraction_scores(adapter, x, maps, targets, ids, removal, fractions, seed
 class CompletenessSoundness(Metric):
     provides = ("completeness", "soundness", "cs_score_a1", "cs_score_a2")
     directions = {"completeness": UP, "soundness": UP}
+    category = "faithfulness"
     labels = {
         "completeness": "Compl.",
         "soundness": "Sound.",

@@ -40,6 +40,7 @@ def removal_accuracy(adapter, x, maps, labels, ids, removal, fractions, seed, sh
 class Fidelity(Metric):
     provides = ("fidelity_05", "fidelity_10", "fidelity_20")
     directions = {"fidelity_05": DOWN, "fidelity_10": DOWN, "fidelity_20": DOWN}
+    category = "faithfulness"
     labels = {"fidelity_05": "Fid@5%", "fidelity_10": "Fid@10%", "fidelity_20": "Fid@20%"}
     needs_removal = True
     defaults = {"fractions": (0.05, 0.1, 0.2), "unit": "auto"}

@@ -35,6 +35,7 @@ def binned_mutual_information(maps: torch.Tensor, masks: torch.Tensor, n_bins: i
 class MutualInformation(Metric):
     provides = ("mi",)
     directions = {"mi": UP}
+    category = "localisation"
     labels = {"mi": "MI"}
     needs_masks = True
     defaults = {"n_bins": 20}

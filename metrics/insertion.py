@@ -30,6 +30,7 @@ def insertion_curves(adapter, x, scores, targets, ids, removal, ks, seed):
 class InsertionMetrics(Metric):
     provides = ("mif", "lif", "srg")
     directions = {"mif": UP, "lif": DOWN, "srg": UP}
+    category = "faithfulness"
     labels = {"mif": "MIF", "lif": "LIF", "srg": "SRG"}
     needs_removal = True
     defaults = {"cardinalities": None}  # None = every k = 1..N (Algorithm 1)

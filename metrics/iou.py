@@ -34,6 +34,7 @@ def iou_curve(maps: torch.Tensor, masks: torch.Tensor, n_thresholds: int = 100):
 class IoUAUC(Metric):
     provides = ("iou_auc",)
     directions = {"iou_auc": UP}
+    category = "localisation"
     labels = {"iou_auc": "IoU-AUC"}
     needs_masks = True
     defaults = {"n_thresholds": 100}

@@ -53,6 +53,7 @@ def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor) -> torch.Te
 class RelevanceAccuracy(Metric):
     provides = ("rma", "rra")
     directions = {"rma": UP, "rra": UP}
+    category = "localisation"
     labels = {"rma": "RMA", "rra": "RRA"}
     needs_masks = True
 

@@ -49,6 +49,7 @@ def pxap_from_histograms(states: torch.Tensor) -> float:
 class PixelAveragePrecision(Metric):
     provides = ("pxap",)
     directions = {"pxap": UP}
+    category = "localisation"
     labels = {"pxap": "PxAP"}
     needs_masks = True
     dataset_level = True

@@ -53,6 +53,7 @@ def relative_curves(adapter, x, scores, targets, ids, removal, ks, n_masks, seed
 class RelativeInsertionMetrics(Metric):
     provides = ("r_mif", "r_lif", "r_srg")
     directions = {"r_mif": UP, "r_lif": DOWN, "r_srg": UP}
+    category = "faithfulness"
     labels = {"r_mif": "R-MIF", "r_lif": "R-LIF", "r_srg": "R-SRG"}
     needs_removal = True
     defaults = {"cardinalities": None, "n_masks": 128}

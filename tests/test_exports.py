@@ -214,3 +214,66 @@ def test_cli_leaderboard(tmp_path, capsys):
     assert main(["leaderboard", str(d1), "--metrics", "nope"]) == 2
     assert "no metric 'nope'" in capsys.readouterr().err
     assert main(["leaderboard", str(tmp_path / "absent")]) == 2
+
+
+def _ranked_run(tmp_path, name="rk", **kw):
+    rng = np.random.default_rng(7)
+    cfg = {
+        "srg": {"provides": ["srg"], "directions": {"srg": "up"}},
+        "rma": {"provides": ["rma"], "directions": {"rma": "up"}},
+    }
+    values = {
+        "a": {"srg": rng.normal(3, 1, 30), "rma": rng.normal(3, 1, 30)},
+        "b": {"srg": rng.normal(2, 1, 30), "rma": rng.normal(1, 1, 30)},
+        "salvage": {k: {s: rng.normal(0, 1, 30) for s in range(3)} for k in ("srg", "rma")},
+        "random": {"srg": rng.normal(0, 1, 30), "rma": rng.normal(0, 1, 30)},
+    }
+    return make_run(tmp_path, name, values, metrics_config=cfg, labels={"salvage": "Salvage"}, **kw)
+
+
+def test_mean_rank_column_and_notes_in_markdown_and_latex(tmp_path):
+    t, runs = leaderboard([_ranked_run(tmp_path)])
+    text = to_markdown(t, runs_info=runs)
+    head, rows = _md_cells(text)
+    assert head == ["Method", "SRG ↑", "RMA ↑", "Mean rank ↓"]  # the summary column comes last
+    assert re.fullmatch(r"\*\*1\.00\*\* \[1\.00, \d\.\d\d\]", rows["A"]["Mean rank ↓"])  # bounds, not ±
+    assert rows["Salvage"]["Mean rank ↓"].startswith("3.00 [")
+    assert rows["Random"]["Mean rank ↓"] == ""  # reference rows are not ranked
+    assert "Scores in the mean rank: SRG; RMA." in text
+    assert "Pooled over training seeds" in text and "Salvage (3 seeds)" in text
+    tex = to_latex(t, runs_info=runs, standalone=True)
+    _structure_ok(tex)
+    assert r"Mean rank $\downarrow$ \\" in tex and r"\textbf{1.00}{\scriptsize[1.00, " in tex
+    assert "Scores in the mean rank: SRG; RMA." in tex
+    assert r"\scriptsize[" not in to_latex(t, ci=False)
+
+
+def test_mean_rank_rows_in_csv_and_json(tmp_path):
+    t, runs = leaderboard([_ranked_run(tmp_path)])
+    frame = pd.read_csv(io.StringIO(render(t, "csv")))
+    agg = frame[frame["metric"] == "mean_rank"].set_index("method")
+    assert set(agg.index) == {"a", "b", "salvage"}
+    assert set(agg["rank_metrics"]) == {"srg; rma"} and set(agg["kind"]) == {"aggregate"}
+    assert agg.loc["salvage", "n_seeds"] == 3 and agg.loc["a", "n_seeds"] == 1
+    assert (agg["ci_low"] <= agg["mean"]).all() and (agg["mean"] <= agg["ci_high"]).all()
+    doc = json.loads(render(t, "json", runs_info=runs))
+    rows = [r for r in doc["rows"] if r["metric"] == "mean_rank"]
+    assert len(rows) == 3 and all(r["rank_metrics"] == "srg; rma" for r in rows)
+    assert doc["statistics"]["aggregate_rank"]["metric"] == "mean_rank"
+    assert "seeds" in doc["statistics"]["training_seeds"]
+    assert render(t, "csv") == render(leaderboard([_ranked_run(tmp_path, "rk2")])[0], "csv").replace(
+        "rk2", "rk"
+    )
+
+
+def test_cli_rank_metrics(tmp_path, capsys):
+    d = _ranked_run(tmp_path)
+    assert main(["leaderboard", str(d), "--format", "csv", "--rank-metrics", "localisation,srg"]) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert set(frame.loc[frame["metric"] == "mean_rank", "rank_metrics"]) == {"srg; rma"}
+    assert main(["leaderboard", str(d), "--format", "csv", "--rank-metrics", "none"]) == 0
+    assert "mean_rank" not in set(pd.read_csv(io.StringIO(capsys.readouterr().out))["metric"])
+    assert main(["leaderboard", str(d), "--rank-metrics", "srg"]) == 0  # one score: nothing to aggregate
+    assert "Mean rank" not in capsys.readouterr().out
+    assert main(["leaderboard", str(d), "--rank-metrics", "fidelity_*"]) == 2
+    assert "no metric or category 'fidelity_*'" in capsys.readouterr().err

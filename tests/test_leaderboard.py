@@ -58,30 +58,38 @@ def make_run(
     skipped: Optional[Dict[str, str]] = None,
     seed: int = 0,
 ) -> Path:
-    """values[method][metric] = per-image values (image i has id synthetic-test-0000i)."""
+    """values[method][metric] = per-image values (image i has id synthetic-test-0000i), or
+    {train_seed: per-image values} for a method trained with several seeds: scores.csv then gets
+    the ``train_seed`` column after ``method`` (empty for the other methods)."""
     d = root / name
     d.mkdir(parents=True)
     rows = []
     n = 0
+    seeded = any(isinstance(v, dict) for per in values.values() for v in per.values())
     for method, per_metric in values.items():
-        for metric, v in per_metric.items():
-            n = max(n, len(v))
-            for i, x in enumerate(v):
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "model": model,
-                        "method": method,
-                        "image_id": f"{dataset}-test-{i:05d}",
-                        "target": i % 10,
-                        "metric": metric,
-                        "value": float(x),
-                    }
-                )
-    write_csv(
-        d / "scores.csv",
-        pd.DataFrame(rows, columns=["dataset", "model", "method", "image_id", "target", "metric", "value"]),
-    )
+        for metric, by_seed in per_metric.items():
+            for train_seed, v in by_seed.items() if isinstance(by_seed, dict) else [(None, by_seed)]:
+                n = max(n, len(v))
+                for i, x in enumerate(v):
+                    rows.append(
+                        {
+                            "dataset": dataset,
+                            "model": model,
+                            "method": method,
+                            "train_seed": train_seed,
+                            "image_id": f"{dataset}-test-{i:05d}",
+                            "target": i % 10,
+                            "metric": metric,
+                            "value": float(x),
+                        }
+                    )
+    columns = ["dataset", "model", "method", "train_seed", "image_id", "target", "metric", "value"]
+    frame = pd.DataFrame(rows, columns=columns)
+    if seeded:  # integers, and an empty cell for untrained methods
+        frame["train_seed"] = frame["train_seed"].astype("Int64")
+    else:  # the layout written before training seeds existed
+        frame = frame.drop(columns="train_seed")
+    write_csv(d / "scores.csv", frame)
     write_csv(
         d / "curves.csv",
         curves
