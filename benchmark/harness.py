@@ -22,7 +22,7 @@ from . import __version__
 from .context import RunContext, load_context
 from .errors import UserError
 from .identity import run_identity
-from .io import cache_dir, check_writable, stable_hash
+from .io import cache_dir, cache_path, check_writable, stable_hash
 from .log import bars_and_logs
 from .registry import METHODS, METRICS, load_plugin
 from .scoring import score_method
@@ -61,7 +61,7 @@ def prepare(config: RunConfig) -> RunSpec:
         load_plugin(module)
     spec = resolve(config)
     check_writable(spec.out, "--out")
-    check_writable(cache_dir(spec.cache_dir), "--cache-dir")
+    check_writable(cache_path(spec.cache_dir), "--cache-dir")
     return spec
 
 

@@ -15,15 +15,19 @@ import torch
 CACHE_ENV = "XAIBENCH_CACHE"
 
 
-def cache_dir(override: Optional[str | os.PathLike] = None) -> Path:
+def cache_path(override: Optional[str | os.PathLike] = None) -> Path:
     """``--cache-dir``, else ``$XAIBENCH_CACHE``, else ``$XDG_CACHE_HOME/xaibench`` (~/.cache/xaibench)."""
     if override:
-        path = Path(override)
-    elif os.environ.get(CACHE_ENV):
-        path = Path(os.environ[CACHE_ENV])
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        path = Path(base) / "xaibench"
+        return Path(override).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "xaibench"
+
+
+def cache_dir(override: Optional[str | os.PathLike] = None) -> Path:
+    """The cache directory (see :func:`cache_path`), created if missing."""
+    path = cache_path(override)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -40,7 +40,6 @@ def configure(quiet: bool = False) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
 
 
 def progress_enabled() -> bool:

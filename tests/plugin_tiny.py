@@ -44,3 +44,24 @@ class GradXInputTest(AttributionMethod):
         score = adapter.logits(x).gather(1, target[:, None]).sum()
         (grad,) = torch.autograd.grad(score, x)
         return Attribution((grad * x).sum(1).detach(), "pixel")
+
+
+@register_method("nan_some_test", overwrite=True)
+class NanSomeTest(AttributionMethod):
+    """A broken method: NaN maps for the images whose id ends in an even digit, random elsewhere."""
+
+    def attribute(self, adapter, x, target, *, ids, masks=None):
+        g = torch.Generator().manual_seed(0)
+        maps = torch.rand(len(ids), *adapter.grid, generator=g)
+        for i, image_id in enumerate(ids):
+            if int(image_id[-1]) % 2 == 0:
+                maps[i, 0, 0] = float("nan")
+        return Attribution(maps, "patch")
+
+
+@register_method("nan_all_test", overwrite=True)
+class NanAllTest(AttributionMethod):
+    """A broken method: every map is infinite."""
+
+    def attribute(self, adapter, x, target, *, ids, masks=None):
+        return Attribution(torch.full((len(ids), *adapter.grid), float("inf")), "patch")

@@ -274,3 +274,25 @@ def test_classifier_training_is_reproducible(tmp_path):
     c = load_model("tiny_test_vit", cache_dir=str(tmp_path / "c"), progress=False, seed=1)
     assert a.meta["weights_sha256"] == b.meta["weights_sha256"]
     assert a.meta["weights_sha256"] != c.meta["weights_sha256"]
+
+
+def test_the_readme_plugin_example_works_as_written(tmp_path):
+    """The README's plugin file, saved in the current directory, is found by ``--plugin``."""
+    import re
+
+    readme = (TESTS.parent / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "register_method" in b]
+    name = re.search(r"# (\w+)\.py", code).group(1)
+    (tmp_path / f"{name}.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    exe = Path(sys.executable).with_name("xaibench")
+    proc = subprocess.run(
+        [str(exe), "--plugin", name, "list", "methods", "grad_x*"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "grad_x_input" in proc.stdout

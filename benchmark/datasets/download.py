@@ -1,13 +1,16 @@
-"""Downloading and unpacking dataset archives: pinned checksums, atomic files, safe extraction.
+"""Downloading and unpacking dataset archives: pinned checksums, verified extractions.
 
-:func:`fetch_archive` downloads ``url`` into ``<cache>/datasets/<name>/downloads/`` through a
-temporary file and checks it against a pinned checksum (``"md5:<hex>"`` or ``"sha256:<hex>"``;
-md5 where the publisher or a widely used loader pins md5, because that is the value that can
-be checked against a published one). A mismatch deletes the file and raises a
-:class:`~xaibench.errors.UserError` that says so. :func:`extract_archive` unpacks a tar or
-zip archive into a temporary sibling directory, refusing members that would land outside it
-(absolute paths, ``..``, links, devices), and renames it into place only when everything was
-written, so a failed or interrupted extraction never leaves a half-filled dataset behind.
+:func:`fetch_archive` gives the directory an archive unpacks to, ``<cache>/datasets/<name>/<stem>``,
+as a verified artifact (:mod:`xaibench.artifacts`): its manifest records every extracted file's
+sha256, every later use checks them, and a damaged or incomplete extraction is downloaded and
+unpacked again (one warning line). The archive is streamed into a temporary directory and
+checked with torchvision's integrity utilities against its pinned md5 (the value torchvision's
+own loaders and the publishers pin) before it is moved into ``downloads/``; a mismatch deletes it
+and raises a :class:`~xaibench.errors.UserError` that says so. Extraction uses the standard
+library's safe modes: tar archives through ``tarfile``'s ``data`` filter (no absolute paths,
+no ``..``, no links leaving the folder, no devices), zip archives through ``ZipFile.extractall``
+(which strips absolute and ``..`` components). Anything an archive cannot give — a truncated
+stream, a hostile member — is one error line and the archive is discarded.
 
 ``url`` may be any URL that :func:`urllib.request.urlopen` accepts, ``file://`` included
 (tests serve archives that way). ``$XAIBENCH_DATA_MIRROR`` replaces the host part of every
@@ -17,23 +20,27 @@ institutional mirrors; the pinned checksums still apply.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 import urllib.error
-import urllib.request
 import zipfile
-from pathlib import Path, PurePosixPath
+import zlib
+from pathlib import Path
 from typing import Optional
 
+from .. import artifacts
 from ..errors import UserError
 from ..io import cache_dir as resolve_cache_dir
+from ..log import bar
+
+log = logging.getLogger(__name__)
 
 MIRROR_ENV = "XAIBENCH_DATA_MIRROR"
-_CHUNK = 1 << 20
+#: what a broken or hostile archive raises while it is read
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError, KeyError)
 
 
 def dataset_cache(name: str, cache_dir: Optional[str] = None) -> Path:
@@ -43,19 +50,11 @@ def dataset_cache(name: str, cache_dir: Optional[str] = None) -> Path:
     return path
 
 
-def file_checksum(path: str | os.PathLike, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _parse_checksum(checksum: str) -> tuple[str, str]:
+def _md5(checksum: str) -> str:
     algorithm, _, digest = checksum.partition(":")
-    if algorithm not in ("md5", "sha256") or not digest:
-        raise ValueError(f"checksum must be 'md5:<hex>' or 'sha256:<hex>', got {checksum!r}")
-    return algorithm, digest.lower()
+    if algorithm != "md5" or len(digest) != 32:
+        raise ValueError(f"checksum must be 'md5:<32 hex digits>', got {checksum!r}")
+    return digest.lower()
 
 
 def mirrored(url: str) -> str:
@@ -65,157 +64,112 @@ def mirrored(url: str) -> str:
     return mirror.rstrip("/") + "/" + url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def download(url: str, dest: Path, checksum: str, *, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` (atomically) and verify ``checksum``; reuse a verified file.
+def _transfer(url: str, dest: str) -> None:
+    """Stream ``url`` into the file ``dest`` with a progress bar (any urllib URL, ``file://`` too:
+    torchvision's ``download_url`` needs a Content-Length that local files and some mirrors lack)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with bar(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(dest)}") as b:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+                b.update(len(chunk))
+
+
+def download(url: str, dest: Path, checksum: str) -> Path:
+    """``dest``, downloaded from ``url`` unless a copy with the pinned ``checksum`` is there.
 
     A file whose checksum does not match is deleted and a :class:`UserError` is raised."""
-    algorithm, expected = _parse_checksum(checksum)
-    dest = Path(dest)
-    if dest.exists():
-        if file_checksum(dest, algorithm) == expected:
-            return dest
-        dest.unlink()  # a stale or damaged earlier download: fetch it again
+    from torchvision.datasets.utils import calculate_md5, check_integrity
+
+    expected, dest = _md5(checksum), Path(dest)
+    if dest.exists() and check_integrity(str(dest), expected):
+        return dest
+    dest.unlink(missing_ok=True)  # a stale or damaged earlier download: fetch it again
     dest.parent.mkdir(parents=True, exist_ok=True)
     url = mirrored(url)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    h = hashlib.new(algorithm)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=60)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise UserError(
-                    f"could not download {url}: {exc}. Check the network connection, or "
-                    f"download the file yourself and pass --data-root"
-                ) from exc
-            with response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                from tqdm.auto import tqdm
-
-                with tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    desc=f"downloading {dest.name}",
-                    disable=not progress,
-                    leave=False,
-                    file=sys.stderr,
-                ) as bar:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        out.write(chunk)
-                        h.update(chunk)
-                        bar.update(len(chunk))
-        actual = h.hexdigest()
-        if actual != expected:
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent) as tmp:
+        part = os.path.join(tmp, dest.name)
+        try:
+            _transfer(url, part)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             raise UserError(
-                f"checksum mismatch for {dest.name} downloaded from {url}: expected {algorithm} "
-                f"{expected}, got {actual}. The file was removed and nothing was extracted; "
-                f"run the command again, or download the dataset yourself and pass --data-root"
+                f"could not download {url}: {exc}. Check the network connection, or download the "
+                f"dataset yourself and pass --data-root"
+            ) from exc
+        got = calculate_md5(part)
+        if got != expected:
+            raise UserError(
+                f"checksum mismatch for {dest.name} downloaded from {url}: expected md5 {expected}, "
+                f"got {got}. The file was removed and nothing was extracted; run the command again, or "
+                f"download the dataset yourself and pass --data-root"
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.replace(part, dest)
     return dest
 
 
-def _safe_relative(name: str) -> PurePosixPath:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise UserError(
-            f"refusing to extract archive member '{name}': it points outside the target directory"
-        )
-    return path
-
-
-def _extract_tar(archive: Path, target: Path) -> None:
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            rel = _safe_relative(member.name)
-            if member.isdir():
-                (target / rel).mkdir(parents=True, exist_ok=True)
-                continue
-            if not member.isfile():  # links, devices, fifos: never needed by an image dataset
-                continue
-            out = target / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(member)
-            with src, open(out, "wb") as f:
-                shutil.copyfileobj(src, f, _CHUNK)
-
-
-def _extract_zip(archive: Path, target: Path) -> None:
-    with zipfile.ZipFile(archive) as z:
-        for info in z.infolist():
-            rel = _safe_relative(info.filename)
-            if info.is_dir():
-                (target / rel).mkdir(parents=True, exist_ok=True)
-                continue
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:  # a symlink
-                continue
-            out = target / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(info) as src, open(out, "wb") as f:
-                shutil.copyfileobj(src, f, _CHUNK)
-
-
 def extract_archive(archive: Path, target: Path) -> Path:
-    """Unpack ``archive`` (tar, tar.gz/tgz, zip) so that its members end up under ``target``.
+    """Unpack ``archive`` (tar, tar.gz/tgz, zip) into ``target`` (created; what was there stays).
 
-    Extraction goes into a temporary sibling first and is renamed onto ``target`` when it is
-    complete; on any error the temporary directory is removed."""
+    Members go into a temporary sibling first and are moved into ``target`` only when everything
+    was written; on any error nothing is moved, and a damaged or hostile archive is deleted."""
     target = Path(target)
-    if target.exists():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        if zipfile.is_zipfile(archive):
-            _extract_zip(archive, tmp)
-        else:
-            try:
-                _extract_tar(archive, tmp)
-            except tarfile.TarError as exc:
-                raise UserError(
-                    f"cannot unpack {archive}: {exc}. The archive was removed; run the command "
-                    f"again to download it anew"
-                ) from exc
-        os.replace(tmp, target)
-    except UserError:
+        try:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as z:
+                    z.extractall(tmp)
+            else:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
+        except _ARCHIVE_ERRORS as exc:
+            Path(archive).unlink(missing_ok=True)  # damaged or hostile: do not reuse it
+            where = " (it points outside the target folder)" if isinstance(exc, tarfile.FilterError) else ""
+            raise UserError(
+                f"cannot unpack {Path(archive).name}{where}: {type(exc).__name__}: {exc}. The archive was "
+                f"removed; run the command again to download it anew, or pass --data-root"
+            ) from exc
+        target.mkdir(exist_ok=True)
+        for member in tmp.iterdir():
+            os.replace(member, target / member.name)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        Path(archive).unlink(missing_ok=True)  # damaged or hostile: do not reuse it
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
+
+
+def _stem(filename: str) -> str:
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        if filename.endswith(suffix):
+            return filename[: -len(suffix)]
+    return filename
+
+
+def _extracted_files(directory: Path):
+    return [
+        str(p.relative_to(directory))
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name not in (".lock", artifacts.MANIFEST)
+    ]
 
 
 def fetch_archive(
-    name: str,
-    url: str,
-    checksum: str,
-    *,
-    cache_dir: Optional[str] = None,
-    progress: bool = True,
-    keep_archive: bool = False,
+    name: str, url: str, checksum: str, *, cache_dir: Optional[str] = None, keep_archive: bool = False
 ) -> Path:
-    """Download (if needed) and extract one archive of dataset ``name``; return the directory
-    that holds its members (``<cache>/datasets/<name>/<archive stem>``)."""
+    """The verified extraction of one archive of dataset ``name``
+    (``<cache>/datasets/<name>/<archive stem>``), downloading and unpacking it when needed."""
     root = dataset_cache(name, cache_dir)
     filename = url.rstrip("/").rsplit("/", 1)[-1]
-    stem = filename
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    target = root / stem
-    if target.exists():
-        return target
-    archive = download(url, root / "downloads" / filename, checksum, progress=progress)
-    if progress:
-        print(f"extracting {filename} → {target}", file=sys.stderr)
-    extract_archive(archive, target)
-    if not keep_archive:
-        archive.unlink(missing_ok=True)
-    return target
+
+    def build(target: Path) -> dict:
+        archive = download(url, root / "downloads" / filename, checksum)
+        log.info(f"extracting {filename} → {target}")
+        extract_archive(archive, target)
+        if not keep_archive:
+            archive.unlink(missing_ok=True)
+        return {"url": url, "checksum": checksum}
+
+    what = f"dataset '{name}' ({filename})"
+    return artifacts.cached(root / _stem(filename), what, build, lambda d: d, files=_extracted_files)

@@ -101,7 +101,6 @@ def load_imagenette(
     data_root: Optional[str] = None,
     cache_dir: Optional[str] = None,
     size: str = DEFAULT_SIZE,
-    progress: bool = True,
     **_ignored,
 ) -> ImageFileSplit:
     """fast.ai Imagenette 2 (10 ImageNet classes; downloaded with a pinned checksum, or --data-root)."""
@@ -117,7 +116,7 @@ def load_imagenette(
             )
     else:
         url, checksum = ARCHIVES[size]
-        extracted = fetch_archive("imagenette", url, checksum, cache_dir=cache_dir, progress=progress)
+        extracted = fetch_archive("imagenette", url, checksum, cache_dir=cache_dir)
         root = find_root(extracted)
         if root is None:
             raise UserError(

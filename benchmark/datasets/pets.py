@@ -136,7 +136,6 @@ def load_pets(
     data_root: Optional[str] = None,
     cache_dir: Optional[str] = None,
     boundary: str = "object",
-    progress: bool = True,
     **_ignored,
 ) -> ImageFileSplit:
     """Oxford-IIIT Pet: 37 breeds, object masks from trimaps (download with checksums, or --data-root)."""
@@ -152,7 +151,7 @@ def load_pets(
             )
     else:
         dirs = {
-            key: fetch_archive("pets", url, checksum, cache_dir=cache_dir, progress=progress)
+            key: fetch_archive("pets", url, checksum, cache_dir=cache_dir)
             for key, (url, checksum) in ARCHIVES.items()
         }
         images, annotations = _find(dirs["images"], "images"), _find(dirs["annotations"], "annotations")
