@@ -14,6 +14,7 @@ and exits with code 2; a run in which a method failed exits with code 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -79,6 +80,12 @@ def _data_options() -> argparse.ArgumentParser:
     d.add_argument("--weights", default=None, help="a local checkpoint (state dict or .safetensors)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's; under torchrun cores per rank)",
+    )
     d.add_argument(
         "--preset", default="auto", help="paper, quick, or auto (quick on synthetic, paper elsewhere)"
     )
@@ -267,8 +274,9 @@ def cmd_run(args) -> int:
     from .harness import execute
 
     outcome = execute(_run_config(args))
-    print(outcome.leaderboard_markdown, end="")
-    print(f"\nresults: {outcome.dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one rank speaks
+        print(outcome.leaderboard_markdown, end="")
+        print(f"\nresults: {outcome.dir}")
     return outcome.exit_code
 
 

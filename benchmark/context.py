@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -98,17 +98,27 @@ def load_context(spec: RunSpec, needs_train_images: bool) -> RunContext:
     return ctx
 
 
-def batches(
-    ctx: RunContext, batch_size: int, target: str, adapter: Optional[ModelAdapter] = None
-) -> Iterator[Batch]:
-    """The scored images in batches, with clean probabilities and the explained targets.
+def n_batches(ctx: RunContext, batch_size: int) -> int:
+    return -(-len(ctx.indices) // batch_size)
 
-    ``adapter``: the model whose probabilities and predicted targets the batches carry (default:
-    the classifier; a method that explains its own model passes that model). Unreadable image
-    files are skipped (recorded in ``ctx.data.skipped``)."""
+
+def batches(
+    ctx: RunContext,
+    batch_size: int,
+    target: str,
+    adapter: Optional[ModelAdapter] = None,
+    numbers: Optional[Sequence[int]] = None,
+) -> Iterator[Tuple[int, Batch]]:
+    """(batch number, batch) for the scored images, with clean probabilities and explained targets.
+
+    Batch ``b`` holds images ``indices[b * batch_size : (b + 1) * batch_size]`` whoever scores it,
+    so a rank of a sharded run (``numbers``: the batches it scores) sees exactly the batches a
+    single process would. ``adapter``: the model whose probabilities and predicted targets the
+    batches carry (default: the classifier; a method that explains its own model passes that
+    model). Unreadable image files are skipped (recorded in ``ctx.data.skipped``)."""
     model = adapter or ctx.adapter
-    for s in range(0, len(ctx.indices), batch_size):
-        samples = read_samples(ctx.data, ctx.indices[s : s + batch_size])
+    for b in range(n_batches(ctx, batch_size)) if numbers is None else numbers:
+        samples = read_samples(ctx.data, ctx.indices[b * batch_size : (b + 1) * batch_size])
         if not samples:
             continue
         x = ctx.adapter.normalize(torch.stack([smp.image for smp in samples]))
@@ -117,6 +127,9 @@ def batches(
         with torch.no_grad():
             probs = model.probs(x).float()
         targets = probs.argmax(1) if target == "pred" else labels
-        yield Batch(
-            x=x, labels=labels, targets=targets, ids=[smp.id for smp in samples], probs=probs, masks=masks
+        yield (
+            b,
+            Batch(
+                x=x, labels=labels, targets=targets, ids=[smp.id for smp in samples], probs=probs, masks=masks
+            ),
         )

@@ -10,6 +10,7 @@ traceback in ``parts/<method>/error.txt`` and makes the run's exit code 1; the o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import sys
@@ -18,8 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import torch
+
 from . import __version__
-from .context import RunContext, load_context
+from .context import RunContext, load_context, n_batches
+from .distributed import setup as setup_distributed
 from .errors import UserError
 from .identity import run_identity
 from .io import cache_dir, cache_path, check_writable, stable_hash
@@ -27,7 +31,7 @@ from .log import bars_and_logs
 from .registry import METHODS, METRICS, load_plugin
 from .scoring import score_method
 from .spec import RunConfig, RunSpec, resolve
-from .store import RunStore, open_store
+from .store import RunStore, open_store, preview_ids
 
 log = logging.getLogger(__name__)
 
@@ -110,82 +114,101 @@ def parts_of(spec: RunSpec, method) -> List[tuple]:
     ]
 
 
-def _score_part(store: RunStore, spec, ctx, method, metrics, eval_ctx, part: str, seed) -> dict:
+def _score_part(store: RunStore, spec, ctx, method, metrics, eval_ctx, part: str, seed, numbers) -> None:
+    """Score this rank's batches ``numbers`` with one method (or reuse them); failures are kept."""
     key = store.part_key({**method.settings(), "train_seed": seed}, [m.settings() for m in metrics])
-    info = store.finished_part(part, key, with_maps=spec.save_maps)
-    if info is not None:
-        log.info(f"{part}: finished earlier, reusing {store.part_dir(part)}")
-        return info
-    reason = method.applies_to(ctx.adapter, ctx.data.has_masks)
-    if reason is not None:
-        log.info(f"{part}: skipped ({reason})")
-        return {"status": "skipped", "reason": reason}
+    if store.finished(part, key, with_maps=spec.save_maps) is not None:
+        log.info(f"{part}: finished earlier, reusing {store.shard_dir(part)}")
+        return
     trainable = [p.requires_grad for p in ctx.adapter.model.parameters()]
     try:
         t = time.perf_counter()
         if method.requires.training or method.requires.distractors:
-            method.fit(
-                ctx.adapter,
-                ctx.split("train"),
-                fit_context(spec, ctx, seed if seed is not None else spec.seed),
-            )
+            fit_seed = seed if seed is not None else spec.seed
+            method.fit(ctx.adapter, ctx.split("train"), fit_context(spec, ctx, fit_seed))
         fit_seconds = time.perf_counter() - t
-        scored = method.metric_adapter(ctx.adapter)
+        scored = replace(eval_ctx, adapter=method.metric_adapter(ctx.adapter))
         result = score_method(
-            method,
-            metrics,
-            ctx,
-            replace(eval_ctx, adapter=scored),
-            batch_size=spec.batch_size,
-            target=spec.target,
+            method, metrics, ctx, scored, batch_size=spec.batch_size, target=spec.target, numbers=numbers
         )
-        info = {
-            "status": "done",
-            "train_seed": seed,
-            "fit_seconds": round(fit_seconds, 3),
-            **result.info,
-            "report": method.report(),
-            "notes": method.notes(),
-        }
-        maps_meta = {
-            "method": method.name,
-            "settings": method.settings(),
-            "train_seed": seed,
-            "dataset": store.identity["dataset"],
-            "model": store.identity["model"],
-            "run_key": store.key,
-        }
-        store.write_part(part, key, result, info, maps_meta, spec.save_maps)
+        info = {"status": "done", "train_seed": seed, "fit_seconds": round(fit_seconds, 3), **result.info}
+        info.update(report=method.report(), notes=method.notes())
+        maps_meta = {"method": method.name, "settings": method.settings(), "train_seed": seed}
+        maps_meta.update(dataset=store.identity["dataset"], model=store.identity["model"], run_key=store.key)
+        keep = set(result.ids) if spec.save_maps else preview_ids(_scored_ids(ctx), spec.seed)
+        store.write(part, key, result, info, maps_meta, keep)
+        log.info(
+            f"{part}: {info['n_images']} images, attribution {info['attribute_seconds']:.1f}s, "
+            f"metrics {info['metric_seconds']:.1f}s"
+        )
     except (KeyboardInterrupt, UserError):
         raise
     except Exception as exc:  # one broken method must not lose the others' results
         path = store.write_failure(part, exc)
         log.error(f"{part}: FAILED ({type(exc).__name__}: {exc}); traceback in {path}")
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "traceback_file": str(path)}
     finally:  # a method must not leave the shared classifier changed for the next one
         for p, flag in zip(ctx.adapter.model.parameters(), trainable):
             p.requires_grad_(flag)
         ctx.adapter.model.eval()
-    log.info(
-        f"{part}: {info['n_images']} images, attribution {info['attribute_seconds']:.1f}s, "
-        f"metrics {info['metric_seconds']:.1f}s"
-    )
-    return info
+
+
+def _scored_ids(ctx: RunContext) -> List[str]:
+    return [ctx.data.image_id(i) for i in ctx.indices]
+
+
+def _part_status(store: RunStore, ctx: RunContext, method, part: str) -> dict:
+    reason = method.applies_to(ctx.adapter, ctx.data.has_masks)
+    if reason is not None:
+        return {"status": "skipped", "reason": reason}
+    status, info = store.status(part)
+    if status == "failed":
+        return {"status": "failed", **info}
+    shards = info["shards"]
+    out = dict(shards[0])
+    for k in ("n_images", "nonfinite_maps", "attribute_seconds", "reexplain_seconds", "metric_seconds"):
+        out[k] = round(sum(s.get(k, 0) for s in shards), 3)
+    out["nonfinite_ids"] = [i for s in shards for i in s.get("nonfinite_ids", [])][:20]
+    if len(shards) > 1:
+        out["report"] = [s.get("report") for s in shards]  # each rank reports on its own images
+    return out
+
+
+def _open(stack, dist, spec, run_id: str, identity: dict) -> RunStore:
+    """The run's store on every rank; rank 0 claims the directory and holds its lock, and every
+    rank stops with the same one line if the claim is refused."""
+    store, error = None, None
+    if dist.main:
+        try:
+            store = stack.enter_context(open_store(spec.out, run_id, identity, spec.overwrite, 0, dist.world))
+        except UserError as exc:
+            error = exc
+    message = dist.broadcast(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise UserError(message)
+    return store or RunStore(Path(spec.out) / run_id, identity, dist.rank, dist.world)
 
 
 def execute(config: RunConfig, context: Optional[RunContext] = None) -> RunOutcome:
-    """Run the benchmark of ``config``; ``context`` replaces loading data and model (tests)."""
+    """Run the benchmark of ``config``; ``context`` replaces loading data and model (tests).
+
+    Under torchrun every rank scores its share of the batches (batch b goes to rank b mod n)
+    and rank 0 merges them into the files one process would write."""
     from xaibench.metrics import EvalContext
 
     t0 = time.time()
     spec = prepare(config)
+    dist, device = setup_distributed(spec.device, spec.threads)
+    spec = replace(spec, device=device)
     methods, metrics = _instances(spec)
     needs_train = _needs_train_images(methods, metrics)
-    with bars_and_logs():
-        ctx = context or load_context(spec, needs_train)
-        identity = run_identity(spec, ctx, with_train=needs_train and ctx.load_split is not None)
-        run_id = spec.run_id or default_run_id(spec, identity)
-        with open_store(spec.out, run_id, identity, spec.overwrite) as store:
+    try:
+        with bars_and_logs(), contextlib.ExitStack() as stack:
+            ctx = context or load_context(spec, needs_train)
+            identity = run_identity(spec, ctx, with_train=needs_train and ctx.load_split is not None)
+            run_id = spec.run_id or default_run_id(spec, identity)
+            store = _open(stack, dist, spec, run_id, identity)
             metric_status = {m.name: m.applies(ctx.adapter, ctx.data.has_masks) for m in metrics}
             active = [m for m in metrics if metric_status[m.name] is None]
             eval_ctx = EvalContext(
@@ -196,35 +219,47 @@ def execute(config: RunConfig, context: Optional[RunContext] = None) -> RunOutco
                 n_masks=spec.n_masks,
                 distractors=ctx.distractors,
             )
-            record = _Record(spec, ctx, identity, methods, metrics, metric_status, store.dir.name)
-            store.write_config(record.document("running"))
-            entries = []
-            for method in methods:
-                for part, seed, instance in parts_of(spec, method):
-                    info = _score_part(store, spec, ctx, instance, active, eval_ctx, part, seed)
-                    record.status[part] = {"method": method.name, **info}
-                    if info.get("status") == "done":
-                        entries.append((method.name, part, seed))
-            store.merge(entries, spec.dataset, spec.model)
-            failed = {
-                p: i.get("traceback_file", "") for p, i in record.status.items() if i["status"] == "failed"
-            }
-            store.write_config(
-                record.document("finished" if not failed else "finished with failures", time.time() - t0)
-            )
-            from .exports import write_leaderboards
+            record = _Record(spec, ctx, identity, methods, metrics, metric_status, run_id)
+            if dist.main:
+                store.write_config(record.document("running"))
+            numbers = list(range(dist.rank, n_batches(ctx, spec.batch_size), dist.world))
+            parts = [(m, *p) for m in methods for p in parts_of(spec, m)]
+            for method, part, seed, instance in parts:
+                if method.applies_to(ctx.adapter, ctx.data.has_masks) is None:
+                    _score_part(store, spec, ctx, instance, active, eval_ctx, part, seed, numbers)
+                else:
+                    log.info(f"{part}: skipped ({method.applies_to(ctx.adapter, ctx.data.has_masks)})")
+            dist.barrier()
+            outcome = None
+            if dist.main:
+                for method, part, seed, instance in parts:
+                    record.status[part] = {"method": method.name, **_part_status(store, ctx, instance, part)}
+                done = [(m.name, p, s) for m, p, s, _ in parts if record.status[p]["status"] == "done"]
+                store.merge(done, spec.dataset, spec.model, spec.seed, spec.save_maps)
+                failed = {
+                    p: i.get("traceback_file", "")
+                    for p, i in record.status.items()
+                    if i["status"] == "failed"
+                }
+                state = "finished" if not failed else "finished with failures"
+                store.write_config(record.document(state, time.time() - t0))
+                from .exports import write_leaderboards
 
-            markdown = write_leaderboards(store.dir)
-            store.seal("finished" if not failed else "failed methods")
+                markdown = write_leaderboards(store.dir)
+                store.seal(state)
+                outcome = RunOutcome(store.dir, EXIT_FAILED if failed else EXIT_OK, markdown, failed)
+            outcome = dist.broadcast(outcome)
+    finally:
+        dist.close()
     if ctx.data.skipped:  # shown even with --quiet: these images are missing from every score
         log.warning(
             f"{len(ctx.data.skipped)} unreadable image(s) skipped "
             f"(listed in config.json dataset.skipped_files): "
             + "; ".join(f"{p} ({r})" for p, r in ctx.data.skipped[:5])
         )
-    for part, path in failed.items():
+    for part, path in outcome.failed.items():
         log.error(f"{part} failed: traceback in {path}")
-    return RunOutcome(store.dir, EXIT_FAILED if failed else EXIT_OK, markdown, failed)
+    return outcome
 
 
 class _Record:
@@ -307,6 +342,8 @@ def train_methods(config: RunConfig) -> Dict[str, dict]:
     """``xaibench train``: fit (or load from the cache) every selected learned method, exactly as
     a run would; returns each method's report."""
     spec = prepare(config)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     methods, metrics = _instances(spec)
     out: Dict[str, dict] = {}
     with bars_and_logs():

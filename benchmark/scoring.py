@@ -23,7 +23,7 @@ import torch
 
 from .attribution import Attribution
 from .batch import Batch
-from .context import RunContext, batches
+from .context import RunContext, batches, n_batches
 from .log import bar
 
 
@@ -33,12 +33,16 @@ class MapError(ValueError):
 
 @dataclass
 class MethodResult:
-    scores: pd.DataFrame  # image_id, target, metric, value
-    curves: pd.DataFrame  # metric, x, value (mean over finite images), n
+    """One method's results on the batches it scored (all of them, or one rank's share)."""
+
+    scores: pd.DataFrame  # batch, image_id, target, metric, value
+    curves: pd.DataFrame  # batch, metric, x, sum, n: per-batch sums of the finite curve values
     states: Dict[str, torch.Tensor]  # dataset-level metrics: per-image states, rows = state_ids
     state_ids: List[str]
+    state_batches: List[int]
     maps: torch.Tensor  # (N, h, w) the method's maps, rows = ids
     ids: List[str]
+    batches: List[int]  # the batch of each map
     targets: List[int]
     level: str
     info: dict = field(default_factory=dict)
@@ -89,49 +93,56 @@ class _Explainer:
 
 
 class _Curves:
-    """Running sums of per-image curves (finite values only) → mean curves."""
+    """Per-batch sums of per-image curves (finite values only); means are formed when the run's
+    results are merged, adding the batches in order (the same sums whoever scored them)."""
 
     def __init__(self) -> None:
-        self.total: Dict[tuple, float] = {}
-        self.count: Dict[tuple, int] = {}
+        self.rows: List[dict] = []
 
-    def add(self, name: str, xs: torch.Tensor, ys: torch.Tensor, keep: torch.Tensor) -> None:
+    def add(self, batch: int, name: str, xs: torch.Tensor, ys: torch.Tensor, keep: torch.Tensor) -> None:
         ys = ys.detach().cpu().double()[keep]
-        for j, x in enumerate(xs.tolist()):
-            col = ys[:, j]
-            finite = torch.isfinite(col)
-            key = (name, x)
-            self.total[key] = self.total.get(key, 0.0) + float(col[finite].sum())
-            self.count[key] = self.count.get(key, 0) + int(finite.sum())
+        finite = torch.isfinite(ys)
+        sums = torch.where(finite, ys, torch.zeros_like(ys)).sum(0).tolist()
+        counts = finite.sum(0).tolist()
+        for x, s, n in zip(xs.tolist(), sums, counts):
+            self.rows.append({"batch": batch, "metric": name, "x": x, "sum": s, "n": n})
 
     def frame(self) -> pd.DataFrame:
-        rows = [
-            {"metric": k[0], "x": k[1], "value": self.total[k] / max(1, self.count[k]), "n": self.count[k]}
-            for k in self.total
-        ]
-        return pd.DataFrame(rows, columns=["metric", "x", "value", "n"])
+        return pd.DataFrame(self.rows, columns=["batch", "metric", "x", "sum", "n"])
 
 
 def score_method(
-    method, metrics, ctx: RunContext, eval_ctx, *, batch_size: int, target: str, desc: Optional[str] = None
+    method,
+    metrics,
+    ctx: RunContext,
+    eval_ctx,
+    *,
+    batch_size: int,
+    target: str,
+    numbers: Optional[List[int]] = None,
+    desc: Optional[str] = None,
 ) -> MethodResult:
-    """Attribute every scored image with ``method`` and score the maps with ``metrics``.
+    """Attribute the scored images with ``method`` and score the maps with ``metrics``.
 
     ``eval_ctx`` is the metrics' :class:`~xaibench.metrics.EvalContext`; its adapter is the model
-    the metrics query (the classifier, or the method's own model)."""
+    the metrics query (the classifier, or the method's own model). ``numbers``: the batches to
+    score (default: all)."""
     scored = eval_ctx.adapter
     rows: List[dict] = []
     curves = _Curves()
     states: Dict[str, List[torch.Tensor]] = {}
     state_ids: List[str] = []
+    state_batches: List[int] = []
     maps: List[torch.Tensor] = []
     ids: List[str] = []
+    batches_of: List[int] = []
     targets: List[int] = []
     nonfinite: List[str] = []
     t_attr = t_reexplain = t_metric = 0.0
     level = None
-    n_batches = -(-len(ctx.indices) // batch_size)
-    for batch in bar(batches(ctx, batch_size, target, scored), total=n_batches, desc=desc or method.name):
+    total = n_batches(ctx, batch_size) if numbers is None else len(numbers)
+    stream = batches(ctx, batch_size, target, scored, numbers)
+    for b, batch in bar(stream, total=total, desc=desc or method.name):
         t = time.perf_counter()
         attribution = method.attribute(ctx.adapter, batch.x, batch.targets, ids=batch.ids, masks=batch.masks)
         finite = check_maps(method, ctx.adapter, attribution, len(batch))
@@ -151,15 +162,18 @@ def score_method(
             for name, values in result.scores.items():
                 values = values.detach().cpu().double().masked_fill(bad, float("nan"))
                 for image_id, tgt, v in zip(batch.ids, batch.targets.tolist(), values.tolist()):
-                    rows.append({"image_id": image_id, "target": tgt, "metric": name, "value": v})
+                    rows.append({"batch": b, "image_id": image_id, "target": tgt, "metric": name, "value": v})
             for name, (xs, ys) in result.curves.items():
-                curves.add(name, xs, ys, keep)
+                curves.add(b, name, xs, ys, keep)
             for name, st in result.states.items():
                 states.setdefault(name, []).append(st.detach().cpu()[keep])
-        state_ids.extend(i for i, b in zip(batch.ids, bad.tolist()) if not b)
-        nonfinite.extend(i for i, b in zip(batch.ids, bad.tolist()) if b)
+        kept = [i for i, k in zip(batch.ids, keep.tolist()) if k]
+        state_ids.extend(kept)
+        state_batches.extend([b] * len(kept))
+        nonfinite.extend(i for i, k in zip(batch.ids, keep.tolist()) if not k)
         maps.append(attribution.maps.cpu())
         ids.extend(batch.ids)
+        batches_of.extend([b] * len(batch))
         targets.extend(batch.targets.tolist())
     if ids and len(nonfinite) == len(ids):
         raise MapError(f"method '{method.name}' returned NaN or infinite maps for all {len(ids)} images")
@@ -168,17 +182,18 @@ def score_method(
         "attribute_seconds": round(t_attr + t_reexplain, 3),
         "reexplain_seconds": round(t_reexplain, 3),
         "metric_seconds": round(t_metric, 3),
-        "maps_per_second": round(len(ids) / max(t_attr, 1e-9), 2),
         "nonfinite_maps": len(nonfinite),
         "nonfinite_ids": nonfinite[:20],
     }
     return MethodResult(
-        scores=pd.DataFrame(rows, columns=["image_id", "target", "metric", "value"]),
+        scores=pd.DataFrame(rows, columns=["batch", "image_id", "target", "metric", "value"]),
         curves=curves.frame(),
         states={k: torch.cat(v) for k, v in states.items()},
         state_ids=state_ids,
+        state_batches=state_batches,
         maps=torch.cat(maps) if maps else torch.empty(0),
         ids=ids,
+        batches=batches_of,
         targets=targets,
         level=level or "patch",
         info=info,

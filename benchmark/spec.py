@@ -40,6 +40,7 @@ _NOT_NUMBERS = frozenset(
         "plugins",
         "overwrite",
         "save_maps",
+        "threads",
     }
 )
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -75,6 +76,7 @@ class RunConfig:
     overwrite: bool = False
     train_seeds: int = 1
     save_maps: bool = False
+    threads: Optional[int] = None  # torch threads (default: torch's; cores per rank under torchrun)
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,13 @@ class RunSpec:
     overwrite: bool
     train_seeds: int
     save_maps: bool
+    threads: Optional[int]
 
     def numbers(self) -> dict:
         """The settings the scores depend on (part of the run's identity)."""
-        return {k: v for k, v in asdict(self).items() if k not in _NOT_NUMBERS}
+        numbers = {k: v for k, v in asdict(self).items() if k not in _NOT_NUMBERS}
+        numbers["device"] = self.device.split(":")[0]  # cuda:0 and cuda:1 compute alike
+        return numbers
 
     def train_seed_list(self) -> List[int]:
         """The training seeds of learned methods: the run's seed, then seed + 1, ..."""
@@ -167,7 +172,16 @@ def metric_families(names: Sequence[str]) -> Tuple[str, ...]:
 def resolve(config: RunConfig) -> RunSpec:
     """Validate ``config`` and fill in its defaults (plugins must already be loaded)."""
     c = config
-    counts = ("batch_size", "n_images", "n_masks", "n_draws", "chunk_size", "distractor_pool", "train_seeds")
+    counts = (
+        "batch_size",
+        "n_images",
+        "n_masks",
+        "n_draws",
+        "chunk_size",
+        "distractor_pool",
+        "train_seeds",
+        "threads",
+    )
     for name in counts:
         check_positive("--" + name.replace("_", "-"), getattr(c, name))
     if isinstance(c.seed, bool) or not isinstance(c.seed, int):
@@ -229,4 +243,5 @@ def resolve(config: RunConfig) -> RunSpec:
         overwrite=bool(c.overwrite),
         train_seeds=c.train_seeds,
         save_maps=bool(c.save_maps),
+        threads=c.threads,
     )

@@ -76,8 +76,8 @@ def _exists(pattern_root: Path, pattern: str):
 
 CASES = {
     "while the classifier trains": lambda c, o: _exists(c, "models/*/checkpoint.pt"),
-    "after the first part": lambda c, o: _exists(o, "*/parts/random/manifest.json"),
-    "after the second part": lambda c, o: _exists(o, "*/parts/grad_x_input_test/manifest.json"),
+    "after the first part": lambda c, o: _exists(o, "*/parts/random/*/manifest.json"),
+    "after the second part": lambda c, o: _exists(o, "*/parts/grad_x_input_test/*/manifest.json"),
     "scores merged, not sealed": lambda c, o: _exists(o, "*/scores.csv"),
     "at a random moment": lambda c, o: (lambda t0=time.time(): lambda: time.time() - t0 > 4.0)(),
 }

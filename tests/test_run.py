@@ -148,13 +148,15 @@ def test_interrupted_run_resumes_without_recomputing(cache, tmp_path, monkeypatc
     assert xb(cache, *args) == 130
     assert "re-run the same command to resume" in capsys.readouterr().err
     d = run_dir(tmp_path / "r")
-    assert (d / "parts" / "random" / "manifest.json").exists()
-    assert not (d / "parts" / "grad_x_input_test" / "manifest.json").exists()
-    stamp = (d / "parts" / "random" / "scores.csv").stat().st_mtime_ns
+    assert (d / "parts" / "random" / "shard-0-of-1" / "manifest.json").exists()
+    assert not (d / "parts" / "grad_x_input_test" / "shard-0-of-1" / "manifest.json").exists()
+    stamp = (d / "parts" / "random" / "shard-0-of-1" / "scores.csv").stat().st_mtime_ns
 
     monkeypatch.setattr(plugin_tiny.GradXInputTest, "attribute", original)
     assert xb(cache, *args) == 0
-    assert (d / "parts" / "random" / "scores.csv").stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert (
+        d / "parts" / "random" / "shard-0-of-1" / "scores.csv"
+    ).stat().st_mtime_ns == stamp  # reused, not recomputed
     assert (
         xb(cache, "run", *FAST, "--methods", "random,grad_x_input_test,oracle", "--out", str(tmp_path / "u"))
         == 0
@@ -180,7 +182,7 @@ def test_a_failing_method_is_recorded_and_the_others_finish(cache, tmp_path, mon
     failed = status["grad_x_input_test"]
     assert failed["status"] == "failed" and "boom" in failed["reason"]
     assert status["random"]["status"] == "done"
-    trace = d / "parts" / "grad_x_input_test" / "error.txt"
+    trace = d / "parts" / "grad_x_input_test" / "shard-0-of-1" / "error.txt"
     text = trace.read_text()
     assert "Traceback" in text and "deep_failure" in text and "RuntimeError: boom" in text
     err = capsys.readouterr().err  # --quiet, and still told where the traceback is

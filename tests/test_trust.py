@@ -152,9 +152,9 @@ def test_a_truncated_part_is_recomputed(cache, tmp_path, capsys):
     assert xb(cache, *args) == 0
     (d,) = tmp_path.iterdir()
     before = (d / "scores.csv").read_bytes()
-    part = d / "parts" / "grad_x_input_test" / "scores.csv"
+    part = d / "parts" / "grad_x_input_test" / "shard-0-of-1" / "scores.csv"
     part.write_text(part.read_text()[:60])
-    (d / "parts" / "random" / ".scores.csv.x.tmp").write_text("left by a killed writer")
+    (d / "parts" / "random" / "shard-0-of-1" / ".scores.csv.x.tmp").write_text("left by a killed writer")
     err_of(capsys)
     assert xb(cache, *args) == 0
     assert "damaged" in err_of(capsys)

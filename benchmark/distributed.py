@@ -1,0 +1,87 @@
+"""Running under ``torchrun``: ranks, the device of each rank, threads, and the few collectives.
+
+``torchrun --nproc-per-node N [--nnodes M ...] -m xaibench run ...`` starts one process per
+rank with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` set; :func:`setup`
+then joins the process group (gloo on the CPU, nccl on CUDA, one GPU per rank). Without those
+variables the run is one process of a world of one and nothing here communicates.
+
+Threads: ranks that share a machine share its cores, and torch's intra-op threads slow down
+badly when more threads than cores compete. Each rank therefore uses ``cores // ranks on the
+machine`` threads (at least one), unless ``--threads`` says otherwise; torchrun's own default of
+``OMP_NUM_THREADS=1`` is overridden by that choice.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    initialised: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.initialised:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """``obj`` of rank 0, on every rank."""
+        if not self.initialised:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.initialised:
+            torch.distributed.destroy_process_group()
+            self.initialised = False
+
+
+def from_env() -> Dist:
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    return Dist(
+        rank=int(env["RANK"]),
+        world=world,
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        local_world=int(env.get("LOCAL_WORLD_SIZE", "1")),
+    )
+
+
+def setup(device: str, threads: Optional[int] = None) -> tuple[Dist, str]:
+    """Join the process group when started by torchrun; returns (dist, this rank's device)."""
+    dist = from_env()
+    cores = os.cpu_count() or 1
+    wanted = threads or (max(1, cores // dist.local_world) if dist.world > 1 else None)
+    if wanted:
+        torch.set_num_threads(wanted)
+    if dist.world == 1:
+        return dist, device
+    if device.startswith("cuda"):
+        device = f"cuda:{dist.local_rank}"
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=6))
+    dist.initialised = True
+    log.info(f"rank {dist.rank} of {dist.world} on {device} with {torch.get_num_threads()} threads")
+    return dist, device

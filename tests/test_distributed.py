@@ -1,0 +1,95 @@
+"""torchrun: two ranks (gloo, CPU) write the same files as one process, and resume per rank."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from xaibench.io import load_torch
+
+TESTS = Path(__file__).parent
+SAME = (
+    "scores.csv",
+    "curves.csv",
+    "leaderboard.md",
+    "leaderboard.csv",
+    "maps/random.preview.npz",
+)
+
+
+def xaibench_args(cache: Path, out: Path):
+    return [
+        "--plugin", "plugin_tiny", "--cache-dir", str(cache), "run", "--model", "tiny_test_vit",
+        "--methods", "random,grad_x_input_test,saliency", "--metrics", "srg,rma,pxap", "--n-images", "11",
+        "--batch-size", "3", "--cardinalities", "3", "--threads", "1", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+
+
+def run(args, **env) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=str(TESTS), **env)
+    return subprocess.run(
+        args, env=environment, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600
+    )
+
+
+def torchrun(cache: Path, out: Path) -> subprocess.CompletedProcess:
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+    ]
+    return run([*launcher, "-m", "xaibench", *xaibench_args(cache, out)])
+
+
+def only_dir(out: Path) -> Path:
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    return d
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("single")
+    done = run([sys.executable, "-m", "xaibench", *xaibench_args(root / "cache", root / "out")])
+    assert done.returncode == 0, done.stderr
+    return only_dir(root / "out")
+
+
+def test_two_ranks_write_what_one_process_writes(single, tmp_path):
+    done = torchrun(tmp_path / "cache", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    d = only_dir(tmp_path / "out")
+    assert d.name == single.name
+    for name in SAME:
+        assert (d / name).read_bytes() == (single / name).read_bytes(), name
+    ours, theirs = (load_torch(p / "states.pt") for p in (d, single))  # torch.save embeds a random id
+    assert ours.keys() == theirs.keys() and all(
+        torch.equal(ours[m][k], theirs[m][k]) for m in ours for k in ours[m]
+    )
+    shards = sorted(p.name for p in (d / "parts" / "saliency").iterdir())
+    assert shards == ["shard-0-of-2", "shard-1-of-2"]
+    assert done.stdout.count("| Method") == 1  # one rank prints the leaderboard
+
+
+def test_a_killed_rank_resumes_its_own_shards(single, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    assert torchrun(cache, out).returncode == 0
+    d = only_dir(out)
+    shard = d / "parts" / "grad_x_input_test" / "shard-1-of-2"
+    kept = (d / "parts" / "random" / "shard-0-of-2" / "scores.csv").stat().st_mtime_ns
+    for f in shard.iterdir():  # as if rank 1 had died while writing this part
+        f.unlink()
+    (d / "manifest.json").unlink()
+    done = torchrun(cache, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (shard / "manifest.json").exists()
+    assert (d / "parts" / "random" / "shard-0-of-2" / "scores.csv").stat().st_mtime_ns == kept
+    assert (d / "scores.csv").read_bytes() == (single / "scores.csv").read_bytes()
