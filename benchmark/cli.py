@@ -95,6 +95,24 @@ def _data_options() -> argparse.ArgumentParser:
 def _add_run_parser(sub, parents) -> None:
     p = sub.add_parser("run", parents=parents, help="score methods with metrics on a dataset and model")
     p.add_argument("--methods", default="all", help="'all', or a comma list; wildcards allowed ('*cam*')")
+    _add_scoring_options(p)
+    p.add_argument(
+        "--train-seeds", type=int, default=1, help="training seeds of each learned method (pooled)"
+    )
+    p.add_argument("--save-maps", action="store_true", help="keep every method's maps (maps/<method>.npz)")
+    p = sub.add_parser(
+        "evaluate",
+        parents=parents,
+        help="score precomputed maps (.npz files, see the README) with every metric",
+    )
+    p.add_argument("--maps", action="append", required=True, metavar="FILE", help="a maps file; repeatable")
+    p.add_argument(
+        "--name", action="append", default=[], help="method name of each --maps file (default: file name)"
+    )
+    _add_scoring_options(p)
+
+
+def _add_scoring_options(p) -> None:
     p.add_argument("--metrics", default="all", help="'all', or a comma list of metric names")
     p.add_argument(
         "--n-images",
@@ -123,12 +141,6 @@ def _add_run_parser(sub, parents) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run of other inputs under --run-id")
     p.add_argument("--chunk-size", type=int, default=None, help="inputs per forward in the removal engine")
-    p.add_argument(
-        "--train-seeds", type=int, default=1, help="training seeds of each learned method (pooled)"
-    )
-    p.add_argument(
-        "--save-maps", action="store_true", help="keep every method's maps (parts/<method>/maps.npz)"
-    )
 
 
 def _add_train_parser(sub, parents) -> None:
@@ -280,6 +292,15 @@ def cmd_run(args) -> int:
     return outcome.exit_code
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    outcome = evaluate(_run_config(args), args.maps, args.name)
+    print(outcome.leaderboard_markdown, end="")
+    print(f"\nresults: {outcome.dir}")
+    return outcome.exit_code
+
+
 def cmd_list(args) -> int:
     from .registry import DATASETS, METHODS, METRICS, MODELS
 
@@ -350,6 +371,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "plot": cmd_plot,
     "train": cmd_train,
+    "evaluate": cmd_evaluate,
 }
 
 

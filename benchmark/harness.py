@@ -69,20 +69,20 @@ def prepare(config: RunConfig) -> RunSpec:
     return spec
 
 
-def _instances(spec: RunSpec):
+def instances(spec: RunSpec):
     methods = [METHODS.get(n)(preset=spec.preset, seed=spec.seed) for n in spec.methods]
     metrics = [METRICS.get(n)(preset=spec.preset) for n in spec.metrics]
     return methods, metrics
 
 
-def _needs_train_images(methods, metrics) -> bool:
+def needs_train_images(methods, metrics) -> bool:
     return any(m.requires.training or m.requires.distractors for m in methods) or any(
         getattr(m, "needs_distractors", False) for m in metrics
     )
 
 
-def default_run_id(spec: RunSpec, identity: dict) -> str:
-    chosen = {"identity": identity, "methods": list(spec.methods), "metrics": list(spec.metrics)}
+def default_run_id(spec: RunSpec, identity: dict, methods) -> str:
+    chosen = {"identity": identity, "methods": [m.name for m in methods], "metrics": list(spec.metrics)}
     return f"{spec.dataset}-{spec.model}-{stable_hash(chosen, 8)}"
 
 
@@ -190,8 +190,9 @@ def _open(stack, dist, spec, run_id: str, identity: dict) -> RunStore:
     return store or RunStore(Path(spec.out) / run_id, identity, dist.rank, dist.world)
 
 
-def execute(config: RunConfig, context: Optional[RunContext] = None) -> RunOutcome:
-    """Run the benchmark of ``config``; ``context`` replaces loading data and model (tests).
+def execute(config: RunConfig, context: Optional[RunContext] = None, methods=None) -> RunOutcome:
+    """Run the benchmark of ``config``; ``context`` replaces loading data and model (tests, and
+    ``evaluate``, which checked them), ``methods`` the registered methods (method instances).
 
     Under torchrun every rank scores its share of the batches (batch b goes to rank b mod n)
     and rank 0 merges them into the files one process would write."""
@@ -201,13 +202,14 @@ def execute(config: RunConfig, context: Optional[RunContext] = None) -> RunOutco
     spec = prepare(config)
     dist, device = setup_distributed(spec.device, spec.threads)
     spec = replace(spec, device=device)
-    methods, metrics = _instances(spec)
-    needs_train = _needs_train_images(methods, metrics)
+    registered, metrics = instances(spec)
+    methods = registered if methods is None else list(methods)
+    needs_train = needs_train_images(methods, metrics)
     try:
         with bars_and_logs(), contextlib.ExitStack() as stack:
             ctx = context or load_context(spec, needs_train)
             identity = run_identity(spec, ctx, with_train=needs_train and ctx.load_split is not None)
-            run_id = spec.run_id or default_run_id(spec, identity)
+            run_id = spec.run_id or default_run_id(spec, identity, methods)
             store = _open(stack, dist, spec, run_id, identity)
             metric_status = {m.name: m.applies(ctx.adapter, ctx.data.has_masks) for m in metrics}
             active = [m for m in metrics if metric_status[m.name] is None]
@@ -344,7 +346,7 @@ def train_methods(config: RunConfig) -> Dict[str, dict]:
     spec = prepare(config)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    methods, metrics = _instances(spec)
+    methods, metrics = instances(spec)
     out: Dict[str, dict] = {}
     with bars_and_logs():
         ctx = load_context(spec, True)

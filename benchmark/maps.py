@@ -12,6 +12,10 @@ key         array                 meaning
 ``targets`` int64 (N,), optional  the class each map explains (default: the model's prediction)
 ``meta``    str (), optional      JSON: method, settings, and the identity of the dataset and
                                   model the maps were made for (checked by ``evaluate``)
+``extra_*`` optional              maps of other classes (``extra_maps`` float32 (K, h, w),
+                                  ``extra_ids`` str (K,), ``extra_targets`` int64 (K,)): what a
+                                  metric that explains a second label (completeness) uses; without
+                                  them such a metric uses the one map of each image for every class
 =========== ===================== =================================================================
 
 Only these keys are read; a file is loaded with ``allow_pickle=False`` (no code, no objects).
@@ -42,6 +46,9 @@ class MapFile:
     level: str
     targets: Optional[torch.Tensor] = None  # (N,) int64
     meta: dict = field(default_factory=dict)
+    extra_maps: Optional[torch.Tensor] = None  # (K, h, w): maps of other classes
+    extra_ids: List[str] = field(default_factory=list)
+    extra_targets: Optional[torch.Tensor] = None  # (K,)
 
 
 def write_maps(path: str | Path, maps: MapFile) -> Path:
@@ -52,9 +59,11 @@ def write_maps(path: str | Path, maps: MapFile) -> Path:
         "meta": np.array(json.dumps({"format": FORMAT, **maps.meta}, sort_keys=True, default=str)),
     }
     if maps.targets is not None:
-        arrays["targets"] = np.asarray(
-            maps.targets.cpu() if torch.is_tensor(maps.targets) else maps.targets, np.int64
-        )
+        arrays["targets"] = np.asarray(maps.targets, np.int64)
+    if maps.extra_ids:
+        arrays["extra_maps"] = maps.extra_maps.detach().cpu().float().numpy()
+        arrays["extra_ids"] = np.array(maps.extra_ids, dtype=str)
+        arrays["extra_targets"] = np.asarray(maps.extra_targets, np.int64)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -101,10 +110,41 @@ def read_maps(path: str | Path) -> MapFile:
         if t.dtype.kind not in "iu" or t.shape != (len(maps),):
             raise UserError(f"{where}: targets must be {len(maps)} integers, got {t.dtype} {t.shape}")
         targets = torch.from_numpy(t.astype(np.int64))
+    extra = _extra(arrays, maps.shape[1:], where)
     meta = {}
     if "meta" in arrays:
         try:
             meta = json.loads(str(arrays["meta"].item()))
         except (ValueError, TypeError) as exc:
             raise UserError(f"{where}: meta is not a JSON text ({exc})") from exc
-    return MapFile(torch.from_numpy(maps.astype(np.float32)), [str(i) for i in ids], level, targets, meta)
+    return MapFile(
+        torch.from_numpy(maps.astype(np.float32)), [str(i) for i in ids], level, targets, meta, *extra
+    )
+
+
+def _extra(arrays: dict, shape: tuple, where: str):
+    """(maps, ids, targets) of the optional maps of other classes, checked."""
+    keys = ("extra_maps", "extra_ids", "extra_targets")
+    present = [k for k in keys if k in arrays]
+    if not present:
+        return None, [], None
+    if len(present) < 3:
+        raise UserError(f"{where}: {', '.join(keys)} go together; it has only {', '.join(present)}")
+    maps, ids, targets = (arrays[k] for k in keys)
+    k = len(ids)
+    if (
+        maps.dtype.kind != "f"
+        or maps.shape != (k, *shape)
+        or targets.shape != (k,)
+        or targets.dtype.kind not in "iu"
+    ):
+        raise UserError(
+            f"{where}: extra_maps must be ({k}, {shape[0]}, {shape[1]}) floats with {k} integer targets"
+        )
+    if not np.isfinite(maps).all():
+        raise UserError(f"{where}: extra_maps contain NaN or infinite values")
+    return (
+        torch.from_numpy(maps.astype(np.float32)),
+        [str(i) for i in ids],
+        torch.from_numpy(targets.astype(np.int64)),
+    )

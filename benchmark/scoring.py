@@ -46,6 +46,8 @@ class MethodResult:
     targets: List[int]
     level: str
     info: dict = field(default_factory=dict)
+    #: maps of other classes explained for the metrics (completeness): (image id, class, map, batch)
+    extra: List[tuple] = field(default_factory=list)
 
 
 def check_maps(method, adapter, attribution: Attribution, n: int) -> torch.Tensor:
@@ -66,6 +68,7 @@ class _Explainer:
         self.method, self.adapter, self.batch, self.base, self.bad = method, adapter, batch, base, bad
         self.cache: Dict[tuple, Attribution] = {}
         self.seconds = 0.0
+        self.extra: List[tuple] = []  # (image id, class, map) of every map explained again
 
     def __call__(self, targets: torch.Tensor) -> Attribution:
         if not self.method.class_dependent:
@@ -83,6 +86,11 @@ class _Explainer:
             )
             finite = check_maps(self.method, self.adapter, attribution, len(sub))
             self.bad[changed.cpu()[~finite]] = True
+            for i, c, m, ok in zip(
+                sub.ids, targets[changed].tolist(), attribution.maps.cpu(), finite.tolist()
+            ):
+                if ok:
+                    self.extra.append((i, c, m))
             maps = self.base.maps.clone()
             maps[changed] = torch.where(
                 finite.to(maps.device)[:, None, None], attribution.maps.to(maps.device), 0.0
@@ -137,6 +145,7 @@ def score_method(
     ids: List[str] = []
     batches_of: List[int] = []
     targets: List[int] = []
+    extra: List[tuple] = []
     nonfinite: List[str] = []
     t_attr = t_reexplain = t_metric = 0.0
     level = None
@@ -171,6 +180,7 @@ def score_method(
         state_ids.extend(kept)
         state_batches.extend([b] * len(kept))
         nonfinite.extend(i for i, k in zip(batch.ids, keep.tolist()) if not k)
+        extra.extend((i, c, m, b) for i, c, m in explain.extra)
         maps.append(attribution.maps.cpu())
         ids.extend(batch.ids)
         batches_of.extend([b] * len(batch))
@@ -197,4 +207,5 @@ def score_method(
         targets=targets,
         level=level or "patch",
         info=info,
+        extra=extra,
     )

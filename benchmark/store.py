@@ -152,11 +152,18 @@ class RunStore:
         )
         rows = [i for i, image_id in enumerate(result.ids) if image_id in keep]
         targets = torch.as_tensor(result.targets, dtype=torch.long)[rows]
-        meta = {**maps_meta, "batches": [result.batches[i] for i in rows]}
-        write_maps(
-            d / "maps.npz",
-            MapFile(result.maps[rows], [result.ids[i] for i in rows], result.level, targets, meta),
-        )
+        extra = [e for e in result.extra if e[0] in keep]
+        meta = {
+            **maps_meta,
+            "batches": [result.batches[i] for i in rows],
+            "extra_batches": [e[3] for e in extra],
+        }
+        maps = MapFile(result.maps[rows], [result.ids[i] for i in rows], result.level, targets, meta)
+        if extra:
+            maps.extra_maps = torch.stack([e[2] for e in extra])
+            maps.extra_ids = [e[0] for e in extra]
+            maps.extra_targets = torch.tensor([e[1] for e in extra])
+        write_maps(d / "maps.npz", maps)
         all_maps = len(rows) == len(result.ids)
         artifacts.write_manifest(d, PART_FILES, {"key": key, "info": info, "all_maps": all_maps})
 
@@ -247,9 +254,22 @@ class RunStore:
         maps = torch.stack([shard_maps[k].maps[i] for _, k, i in rows]) if rows else torch.empty(0, 1, 1)
         targets = torch.stack([shard_maps[k].targets[i] for _, k, i in rows]) if rows else None
         level = shard_maps[0].level
-        meta = {k: v for k, v in shard_maps[0].meta.items() if k not in ("batches", "format")}
+        meta = {
+            k: v for k, v in shard_maps[0].meta.items() if k not in ("batches", "extra_batches", "format")
+        }
         if all_maps:
-            write_maps(self.dir / "maps" / f"{part}.npz", MapFile(maps, ids, level, targets, meta))
+            full = MapFile(maps, ids, level, targets, meta)
+            extra = [
+                (b, m.extra_ids[i], m.extra_targets[i], m.extra_maps[i])
+                for m in shard_maps
+                for i, b in enumerate(m.meta.get("extra_batches", []))
+            ]
+            extra.sort(key=lambda e: e[0])
+            if extra:
+                full.extra_ids = [e[1] for e in extra]
+                full.extra_targets = torch.stack([e[2] for e in extra])
+                full.extra_maps = torch.stack([e[3] for e in extra])
+            write_maps(self.dir / "maps" / f"{part}.npz", full)
         keep = preview_ids(ids, seed)
         rows = [i for i, image_id in enumerate(ids) if image_id in keep]
         sample = MapFile(
