@@ -26,8 +26,9 @@ from .context import RunContext, load_context, n_batches
 from .distributed import setup as setup_distributed
 from .errors import UserError
 from .identity import run_identity
-from .io import cache_dir, cache_path, check_writable, stable_hash
+from .io import cache_dir, stable_hash
 from .log import bars_and_logs
+from .preflight import preflight
 from .registry import METHODS, METRICS, load_plugin
 from .scoring import score_method
 from .spec import RunConfig, RunSpec, resolve
@@ -59,13 +60,13 @@ def versions() -> Dict[str, str]:
 
 
 def prepare(config: RunConfig) -> RunSpec:
-    """Plugins loaded, settings resolved, output and cache directories checked: everything that
-    can be refused is refused here, before data or models are loaded."""
+    """Plugins loaded, settings resolved, the preflight passed (directories writable, data and
+    weights at hand or downloadable): everything that can be refused is refused here, before
+    data or models are loaded."""
     for module in config.plugins:
         load_plugin(module)
     spec = resolve(config)
-    check_writable(spec.out, "--out")
-    check_writable(cache_path(spec.cache_dir), "--cache-dir")
+    preflight(spec)
     return spec
 
 

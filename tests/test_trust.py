@@ -342,3 +342,48 @@ def test_orphan_state_is_not_mistaken_for_a_lock(tmp_path):
         (tmp_path / "r" / "notes.txt").write_text("mine")
         with open_store(tmp_path, "r", {"x": 1}):
             pass
+
+
+# --------------------------------------------------------------------------- preflight
+def test_preflight_reports_every_missing_piece_at_once(tmp_path, capsys, monkeypatch):
+    import xaibench.preflight as pre
+
+    tried = []
+    monkeypatch.setattr(pre, "reachable", lambda host, timeout=3.0: tried.append(host) or False)
+    monkeypatch.setattr(pre, "timm_weights_cached", lambda name: False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = ["--cache-dir", str(tmp_path / "c"), "run", "--dataset", "imagenette", "--out", str(blocker)]
+    start = time.time()
+    assert main(args) == 2
+    line = one_line(err_of(capsys))
+    assert time.time() - start < 10
+    assert "--out" in line and "s3.amazonaws.com cannot be reached" in line and "--data-root" in line
+    assert (
+        "pretrained weights for 'vit_small_patch16_224.augreg_in21k_ft_in1k'" in line and "--weights" in line
+    )
+    assert sorted(tried) == ["huggingface.co", "s3.amazonaws.com"]  # one attempt per host, no retries
+
+
+def test_preflight_checks_disk_space_and_local_copies(tmp_path, monkeypatch):
+    import xaibench.preflight as pre
+    from xaibench.spec import RunConfig, resolve
+
+    monkeypatch.setattr(pre, "reachable", lambda host, timeout=3.0: True)
+    monkeypatch.setattr(pre, "_free_bytes", lambda path: 10 * 2**20)
+    spec = resolve(
+        RunConfig(dataset="imagenette", model=TINY, out=str(tmp_path / "o"), cache_dir=str(tmp_path))
+    )
+    with pytest.raises(UserError, match="GiB free.*needs about"):
+        pre.preflight(spec)
+    root = make_imagenette(tmp_path / "d", n_train=1, n_val=1)
+    weights = save_tiny_weights(tmp_path / "w.pt")
+    local = RunConfig(
+        dataset="imagenette", model=TINY, data_root=str(root), weights=str(weights), out=str(tmp_path / "o")
+    )
+    pre.preflight(resolve(local))  # everything at hand: no network, no disk needed
+    missing = RunConfig(
+        dataset="imagenette", model=TINY, data_root=str(tmp_path / "none"), weights=str(tmp_path / "w2")
+    )
+    with pytest.raises(UserError, match="no Imagenette found.*\\|.*--weights .*no such file"):
+        pre.preflight(resolve(missing))

@@ -34,6 +34,7 @@ from typing import Optional
 from .. import artifacts
 from ..errors import UserError
 from ..io import cache_dir as resolve_cache_dir
+from ..io import cache_path as resolve_cache_path
 from ..log import bar
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,16 @@ def _extracted_files(directory: Path):
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name not in (".lock", artifacts.MANIFEST)
     ]
+
+
+def is_fetched(name: str, url: str, cache_dir: Optional[str] = None) -> bool:
+    """Whether the archive at ``url`` was extracted into the cache (its manifest is there; the
+    files are verified when the dataset is loaded)."""
+    filename = url.rstrip("/").rsplit("/", 1)[-1]
+    return (
+        artifacts.read_manifest(resolve_cache_path(cache_dir) / "datasets" / name / _stem(filename))
+        is not None
+    )
 
 
 def fetch_archive(

@@ -22,7 +22,7 @@ from typing import Optional
 
 from ..errors import UserError
 from . import register_dataset
-from .download import fetch_archive
+from .download import fetch_archive, is_fetched
 from .folder import ImageFileSplit, ImageRecord, holdout, list_images
 
 # WordNet id → (class name, ImageNet-1k index)
@@ -56,6 +56,8 @@ ARCHIVES = {
     ),
 }
 DEFAULT_SIZE = "320"
+#: approximate archive sizes in bytes (for the preflight's disk-space check)
+ARCHIVE_BYTES = {"160": 99_000_000, "320": 341_000_000, "full": 1_557_000_000}
 
 
 def _layout_help(size: str) -> str:
@@ -136,3 +138,18 @@ def load_imagenette(
 
 load_imagenette.classes = CLASSES
 load_imagenette.imagenet_indices = IMAGENET_INDICES
+
+
+def needs(*, data_root: Optional[str] = None, cache_dir: Optional[str] = None, size: str = DEFAULT_SIZE, **_):
+    """What a run still needs: None (the data is here), a problem, or (url, bytes) to download."""
+    if data_root:
+        if find_root(Path(data_root).expanduser()) is None:
+            return f"no Imagenette found at --data-root {data_root}: {_layout_help(size)}"
+        return None
+    url, _ = ARCHIVES[size]
+    if is_fetched("imagenette", url, cache_dir):
+        return None
+    return url, ARCHIVE_BYTES[size]
+
+
+load_imagenette.needs = needs

@@ -71,3 +71,15 @@ def load_mura(split: str, *, data_root: Optional[str] = None, **_ignored) -> Ima
 
 
 load_mura.classes = CLASSES
+
+
+def needs(*, data_root: Optional[str] = None, **_):
+    """What a run still needs: None, or why MURA cannot be read (it is never downloaded)."""
+    if not data_root:
+        return HOW_TO_GET
+    if find_root(Path(data_root).expanduser()) is None:
+        return f"no MURA found at --data-root {data_root}. {HOW_TO_GET}"
+    return None
+
+
+load_mura.needs = needs

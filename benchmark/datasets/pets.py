@@ -27,7 +27,7 @@ import torch
 
 from ..errors import UserError
 from . import register_dataset
-from .download import fetch_archive
+from .download import fetch_archive, is_fetched
 from .folder import ImageFileSplit, ImageRecord, decode_label_image, holdout
 
 CLASSES = [
@@ -184,3 +184,17 @@ def load_pets(
 
 
 load_pets.classes = CLASSES
+
+
+def needs(*, data_root: Optional[str] = None, cache_dir: Optional[str] = None, **_):
+    """What a run still needs: None (the data is here), a problem, or (url, bytes) to download."""
+    if data_root:
+        base = Path(data_root).expanduser()
+        if _find(base, "images") is None or _find(base, "annotations") is None:
+            return f"no Oxford-IIIT Pet found at --data-root {data_root}: {LAYOUT}"
+        return None
+    missing = [url for url, _ in ARCHIVES.values() if not is_fetched("pets", url, cache_dir)]
+    return (missing[0], 811_000_000) if missing else None
+
+
+load_pets.needs = needs
