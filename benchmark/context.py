@@ -19,6 +19,7 @@ from .batch import Batch
 from .datasets import DatasetSplit, load_dataset
 from .datasets.folder import attach_preprocessing, read_samples
 from .errors import UserError
+from .loading import decoded, load_batches
 from .models import load_model
 from .removal import Removal
 from .seeding import generator
@@ -50,6 +51,10 @@ class RunContext:
                 raise UserError(f"this run cannot load the '{name}' split of {self.data.name}")
             self._splits[name] = self.load_split(name)
         return self._splits[name]
+
+    def training_split(self, name: str) -> DatasetSplit:
+        """A split a training loop revisits every epoch: decoded once and kept in memory when it fits."""
+        return decoded(self.split(name))
 
 
 def distractor_pool(adapter: ModelAdapter, train: DatasetSplit, size: int, seed: int) -> torch.Tensor:
@@ -115,10 +120,12 @@ def batches(
     so a rank of a sharded run (``numbers``: the batches it scores) sees exactly the batches a
     single process would. ``adapter``: the model whose probabilities and predicted targets the
     batches carry (default: the classifier; a method that explains its own model passes that
-    model). Unreadable image files are skipped (recorded in ``ctx.data.skipped``)."""
+    model). Images are decoded ahead of use by worker processes (:mod:`xaibench.loading`);
+    unreadable image files are skipped (recorded in ``ctx.data.skipped``)."""
     model = adapter or ctx.adapter
-    for b in range(n_batches(ctx, batch_size)) if numbers is None else numbers:
-        samples = read_samples(ctx.data, ctx.indices[b * batch_size : (b + 1) * batch_size])
+    numbers = list(range(n_batches(ctx, batch_size)) if numbers is None else numbers)
+    groups = [ctx.indices[b * batch_size : (b + 1) * batch_size] for b in numbers]
+    for b, samples in zip(numbers, load_batches(ctx.data, groups)):
         if not samples:
             continue
         x = ctx.adapter.normalize(torch.stack([smp.image for smp in samples]))

@@ -87,7 +87,7 @@ def default_run_id(spec: RunSpec, identity: dict, methods) -> str:
     return f"{spec.dataset}-{spec.model}-{stable_hash(chosen, 8)}"
 
 
-def fit_context(spec: RunSpec, ctx: RunContext, seed: int):
+def fit_context(spec: RunSpec, ctx: RunContext, seed: int, trains: bool = True):
     from xaibench.methods import FitContext
 
     return FitContext(
@@ -96,7 +96,7 @@ def fit_context(spec: RunSpec, ctx: RunContext, seed: int):
         preset=spec.preset,
         distractors=ctx.distractors,
         key={"dataset": spec.dataset, "model": getattr(ctx.adapter, "meta", {})},
-        val_data=ctx.split("val") if ctx.load_split is not None else None,
+        val_data=ctx.training_split("val") if trains and ctx.load_split is not None else None,
     )
 
 
@@ -126,7 +126,8 @@ def _score_part(store: RunStore, spec, ctx, method, metrics, eval_ctx, part: str
         t = time.perf_counter()
         if method.requires.training or method.requires.distractors:
             fit_seed = seed if seed is not None else spec.seed
-            method.fit(ctx.adapter, ctx.split("train"), fit_context(spec, ctx, fit_seed))
+            train = ctx.training_split("train") if method.requires.training else ctx.split("train")
+            method.fit(ctx.adapter, train, fit_context(spec, ctx, fit_seed, method.requires.training))
         fit_seconds = time.perf_counter() - t
         scored = replace(eval_ctx, adapter=method.metric_adapter(ctx.adapter))
         result = score_method(
@@ -359,7 +360,7 @@ def train_methods(config: RunConfig) -> Dict[str, dict]:
                 raise UserError(f"cannot train '{method.name}': {reason}")
             for part, seed, instance in parts_of(spec, method):
                 t = time.time()
-                instance.fit(ctx.adapter, ctx.split("train"), fit_context(spec, ctx, seed))
+                instance.fit(ctx.adapter, ctx.training_split("train"), fit_context(spec, ctx, seed))
                 out[part] = {"seconds": round(time.time() - t, 1), **instance.report()}
     return out
 
