@@ -139,8 +139,8 @@ def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> L
             f"{OWN_MODEL} explains its own model (the metrics run on that model's predictions, "
             f"not on the classifier's)."
         )
-    lines += aggregate_notes(table) + seed_notes(table)
-    nan = table[table["n_nan"] > 0]
+    lines += aggregate_notes(table) + seed_notes(table) + sanity_notes(table)
+    nan = table[(table["n_nan"] > 0) & ~table["metric"].map(_sampled)]
     if len(nan):
         lines.append(
             "Images with no value (NaN), left out of the mean: "
@@ -148,6 +148,34 @@ def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> L
             + "."
         )
     return lines + not_run(runs_info)
+
+
+def _sampled(metric: str) -> bool:
+    """Scores computed on a sample of the images only: their NaNs are not failures."""
+    from .registry import METRICS
+
+    return metric in METRICS and getattr(METRICS.get(metric), "sampled", False)
+
+
+def sanity_notes(table: pd.DataFrame) -> List[str]:
+    """What the randomisation columns mean, and the methods whose maps barely change."""
+    from xaibench.metrics.sanity import BARELY_CHANGES
+
+    rows = table[table["metric"].isin(("rand_top", "rand_all"))]
+    if rows.empty:
+        return []
+    lines = [
+        "Rand. top / Rand. all: Spearman correlation between each map and the map of the same method on "
+        "the classifier with its last block / every layer re-initialised (Adebayo et al. 2018), on a seeded "
+        "sample of the images; near 0 = the map depends on the learned weights. n/a: the method does not "
+        "query the classifier when it explains (learned explainers, COMET, reference rows)."
+    ]
+    for r in rows[(rows["metric"] == "rand_all") & (rows["mean"] >= BARELY_CHANGES)].itertuples():
+        lines.append(
+            f"{r.method_label}: its maps barely change when every layer of the classifier is re-initialised "
+            f"(Spearman {r.mean:.2f} ≥ {BARELY_CHANGES}): they say little about what the classifier learned."
+        )
+    return lines
 
 
 def _fraction(k: int) -> str:

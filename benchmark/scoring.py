@@ -70,7 +70,11 @@ class _Explainer:
         self.seconds = 0.0
         self.extra: List[tuple] = []  # (image id, class, map) of every map explained again
 
-    def __call__(self, targets: torch.Tensor) -> Attribution:
+    def __call__(self, targets: torch.Tensor, model=None, rows: Optional[torch.Tensor] = None):
+        """Maps of the batch for ``targets``; with ``model``, the maps of images ``rows`` on that
+        model instead (None for a method that does not query the model it explains)."""
+        if model is not None:
+            return self._on(model, targets, rows)
         if not self.method.class_dependent:
             return self.base
         targets = targets.to(self.batch.targets.device)
@@ -98,6 +102,18 @@ class _Explainer:
             self.cache[key] = Attribution(maps, self.base.level, dict(self.base.meta))
             self.seconds += time.perf_counter() - t
         return self.cache[key]
+
+    def _on(self, model, targets: torch.Tensor, rows: Optional[torch.Tensor]) -> Optional[Attribution]:
+        if not self.method.queries_model:
+            return None
+        t = time.perf_counter()
+        rows = torch.arange(len(self.batch)) if rows is None else rows
+        sub = self.batch.subset(rows.to(self.batch.targets.device))
+        attribution = self.method.attribute(model, sub.x, targets[rows], ids=sub.ids, masks=sub.masks)
+        finite = check_maps(self.method, model, attribution, len(sub))
+        maps = torch.where(finite.to(attribution.maps.device)[:, None, None], attribution.maps, float("nan"))
+        self.seconds += time.perf_counter() - t
+        return Attribution(maps, attribution.level)
 
 
 class _Curves:

@@ -78,6 +78,9 @@ class AttributionMethod:
     #: False when the map cannot depend on the target class (EigenCAM, attention rollout, ...):
     #: a metric that needs the map of another class (completeness) then reuses the map it has
     class_dependent: ClassVar[bool] = True
+    #: False when the map does not come from querying the explained classifier (learned
+    #: explainers answer from their own networks): the randomisation check does not apply
+    queries_model: ClassVar[bool] = True
 
     def __init__(self, preset: str = "paper", seed: int = 0, **params: Any) -> None:
         if preset not in PRESETS:

@@ -15,6 +15,7 @@ class Random(AttributionMethod):
     """I.i.d. uniform patch scores, seeded by image id: SRG and R-SRG ≈ 0 in expectation."""
 
     label = "Random"
+    queries_model = False
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         maps = torch.stack(
@@ -28,6 +29,7 @@ class Oracle(AttributionMethod):
     """The ground-truth object mask as the map (1 inside, 0 outside): RMA = RRA = PxAP = 100."""
 
     label = "Oracle"
+    queries_model = False
     requires = Requires(masks=True)
 
     def attribute(self, adapter, x, target, *, ids, masks=None):

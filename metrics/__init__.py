@@ -1,6 +1,6 @@
 """Metrics (``xaibench.metrics``): one module per metric family, one registry."""
 
-from . import completeness, fidelity, information, insertion, iou, localisation, pxap, relative  # noqa: F401,E501  (register the built-in metrics)
+from . import completeness, fidelity, information, insertion, iou, localisation, pxap, relative, sanity  # noqa: F401,E501  (register the built-in metrics)
 from .base import (
     DOWN,
     UP,

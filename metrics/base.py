@@ -29,12 +29,12 @@ UP, DOWN = "up", "down"
 
 
 def register_metric(name: Optional[str] = None):
-    """Register a Metric class under each name it provides (``name`` defaults to the first)."""
+    """Register a Metric class under its family ``name`` (default: its first score) and under
+    each score name it provides, so that ``--metrics`` takes either."""
 
     def decorator(cls):
-        names = list(cls.provides) or [name]
-        cls.name = name or names[0]
-        for n in names:
+        cls.name = name or cls.provides[0]
+        for n in dict.fromkeys([cls.name, *cls.provides]):
             METRICS.register(n)(cls)
         return cls
 
@@ -92,6 +92,8 @@ class Metric:
     needs_removal: ClassVar[bool] = False
     needs_second_label: ClassVar[bool] = False
     dataset_level: ClassVar[bool] = False
+    #: scores computed on a seeded sample of the images (NaN elsewhere, not a failure)
+    sampled: ClassVar[bool] = False
     defaults: ClassVar[Dict[str, Any]] = {}
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
 

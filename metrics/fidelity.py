@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from xaibench.errors import UserError
-from xaibench.registry import METRICS
 
 from .base import DOWN, Metric, MetricResult, register_metric
 from .engine import removal_probs
@@ -77,6 +76,3 @@ class Fidelity(Metric):
         )
         scores = {f"fidelity_{round(100 * f):02d}": correct[:, j] for j, f in enumerate(fractions)}
         return MetricResult(scores=scores, curves={"fidelity": (torch.tensor(fractions), correct)})
-
-
-METRICS.register("fidelity")(Fidelity)  # also selectable by its family name (``--metrics fidelity``)
