@@ -1,4 +1,4 @@
-"""Reference rows that calibrate every table (salvage-paper Table 1; SPEC §4)."""
+"""Reference rows that calibrate every table: a random map and the ground-truth mask."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class Random(AttributionMethod):
     """I.i.d. uniform patch scores, seeded by image id: SRG and R-SRG ≈ 0 in expectation."""
 
     label = "Random"
+    class_dependent = False  # seeded by image id only
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         maps = torch.stack(
@@ -29,6 +30,7 @@ class Oracle(AttributionMethod):
 
     label = "Oracle"
     requires = Requires(masks=True)
+    class_dependent = False  # the object mask, whatever the class
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         if masks is None:
