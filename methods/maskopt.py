@@ -17,14 +17,22 @@ over the step's distractors (the appendix's Eq. 6 writes the expectation outside
 
 Each image is optimised on its own: its own W and Adam state, its distractors drawn step by step
 from its generator ``seeding.generator(seed, id, "maskopt")``, and its forward+backward passes
-hold only its own D distractor blends (in passes of at most ``adapter.budget.rows(backward=True)``
-inputs: the gradient of −log(Σ_d p_d / D) is −Σ_passes ∇(Σ_{d∈pass} p_d) / Σ_d p_d, so splitting
-the D blends changes only the float summation order). Every tensor an image's optimisation touches
-therefore has the same shape whatever the batch, and a batch gives bit-for-bit the maps of its
-images explained one at a time. (Optimising a batch jointly, with B·D rows per forward, let the
-kernels round differently for different batch sizes, and Adam's normalised steps amplify such
-1e-7 differences to ~1 % of the map range within a few dozen steps.) The price is B forwards of D
-rows instead of one of B·D rows per step (measured in ``perf/maskopt_batching.py``).
+hold only its own D distractor blends. Every tensor an image's optimisation touches therefore has
+the same shape whatever the batch, and a batch gives bit-for-bit the maps of its images explained
+one at a time. (Optimising a batch jointly, with B·D rows per forward, lets the kernels round
+differently for different batch sizes, and Adam's normalised steps amplify such 1e-7 differences:
+0.6 % of the map range after the quick preset's 20 steps on the default tiny ViT.) The price is B
+forwards of D rows instead of one of B·D rows per step: 1.25–1.34× the time on a 2-core CPU at the
+quick preset (``perf/maskopt_batching.py``); on a GPU, where small passes underuse the device, it
+is larger.
+
+Memory: when one image's D blends do not fit ``adapter.budget.rows(backward=True)`` (a ViT-S at
+224 px under the 1 GiB CPU default holds 4), they go through in passes of at most that many,
+with the exact gradient of the objective: ∇(−log Σ_d p_d/D) = −Σ_passes ∇(Σ_{d∈pass} p_d) / Σ_d p_d.
+Splitting changes the gradient only at float round-off, but Adam's normalised steps can amplify
+round-off in near-zero gradient entries, so maps computed with split blends are not bit-for-bit
+those computed with one pass per step (measured 0.4 % of the map range after 3 steps on an
+untrained tiny ViT). The attribution's ``meta`` records the blends per pass.
 
 Paper: 2000 steps × 10 distractors = 20 000 forward+backward passes per image, far beyond the
 embedded default's 2-core CPU budget; ``quick`` uses 20 steps × 3 distractors (60 passes), so
@@ -153,6 +161,7 @@ class MaskOptimisation(AttributionMethod):
         x = x.detach()
         history = [0.0] * steps
         low = []
+        per_pass = min(D, adapter.budget.rows(backward=True))
         with torch.enable_grad():
             for b, image_id in enumerate(ids):
                 g = generator(self.seed, image_id, "maskopt", device=x.device)
@@ -166,4 +175,6 @@ class MaskOptimisation(AttributionMethod):
                 low.append(w.detach().sigmoid())
         self.history = history
         self.low_res = torch.cat(low)
-        return Attribution(upsample(self.low_res, (H, W)), "pixel", {"steps": steps})
+        return Attribution(
+            upsample(self.low_res, (H, W)), "pixel", {"steps": steps, "blends_per_pass": per_pass}
+        )

@@ -38,12 +38,12 @@ the same images (same ids and pixels, same weights, same settings) for one of th
 second label completeness asks for — is answered from them, bit for bit what a fresh call returns.
 
 Paper defaults N = 4000 independent masks, s = 8, p = 0.5. ``quick`` (the embedded default run,
-2-core CPU): 768 paired masks — the cost of the earlier 384 masks per label, now that the second
-label is free — at which two mask seeds agree at Pearson 0.83 but Spearman only 0.29 over the 64
-patches. Spearman over all patches stays low at any affordable N (0.47 with 8000 paired masks,
-0.29 with 8000 independent ones): only ~12 of the 64 patches change p_c detectably, the others
-have equal true RISE values and their order is seed noise however many masks are drawn. The
-leaderboard prints this caveat (:meth:`RISE.notes`).
+2-core CPU): 768 paired masks — about the cost of the earlier 384 independent masks per label
+(1.1–1.2× measured), now that the second label is free — at which two mask seeds agree at
+Pearson 0.83 but Spearman only 0.29 over the 64 patches. Spearman over all patches stays low at
+any affordable N (0.47 with 8000 paired masks, 0.29 with 8000 independent ones): only ~12 of the
+64 patches change p_c detectably, the others have equal true RISE values and their order is seed
+noise however many masks are drawn. The leaderboard prints this caveat (:meth:`RISE.notes`).
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def test_mask_optimisation_under_the_budget(arch):
     assert record.largest() == 3  # one pass per image and step: its 3 blends
     # a budget that still holds one image's blends: the same passes, the same bits
     _set_rows(adapter, 3, backward=True)
-    assert torch.equal(method.attribute(adapter, x, target, ids=ids).maps, free)
+    same = method.attribute(adapter, x, target, ids=ids)
+    assert torch.equal(same.maps, free) and same.meta["blends_per_pass"] == 3
     # a budget below the blends splits them (2 + 1): the step's objective and gradient (the sum of
     # the passes' gradients over the sum of their probabilities) equal the one-pass ones to round-off
     w = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
@@ -161,6 +162,7 @@ def test_mask_optimisation_under_the_budget(arch):
     loss_split, grad_split = method._loss_and_grad(adapter, x[:1], target[0], w, bg)
     assert sorted(record.sizes) == sorted([2 * record.tokens, 1 * record.tokens])
     record.handle.remove()
+    assert method.attribute(adapter, x[:1], target[:1], ids=ids[:1]).meta["blends_per_pass"] == 2
     assert float(loss_split) == pytest.approx(float(loss_one), rel=1e-6)
     assert float((grad_split - grad_one).abs().max()) <= 1e-5 * float(grad_one.abs().max())
     # and the gradient is the objective's: compare with autograd through −log(mean p) + regulariser
