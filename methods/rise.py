@@ -156,7 +156,7 @@ class RISE(AttributionMethod):
             hit = memo["classes"] == target[:, None]
             if bool(hit.any(1).all()):
                 column = hit.int().argmax(1)  # the first column that holds each image's target
-                return Attribution(memo["maps"][torch.arange(len(x)), column], memo["level"])
+                return Attribution(memo["maps"][torch.arange(len(x)), column], memo["level"])  # a copy
         # explain the target and the clean prediction's top two classes from the same masks: a
         # metric that asks for the second label next (completeness) gets it without new forwards
         with torch.no_grad():
@@ -165,7 +165,7 @@ class RISE(AttributionMethod):
         maps = self._maps(adapter, x, classes, ids, mode, n, s, p, sampling)
         level = "patch" if mode == "patch" else "pixel"
         self._memo = {"key": key, "x": x.detach().clone(), "classes": classes, "maps": maps, "level": level}
-        return Attribution(maps[:, 0], level)
+        return Attribution(maps[:, 0].clone(), level)  # not a view of the kept maps
 
     def _maps(self, adapter, x, classes, ids, mode, n, s, p, sampling):
         """RISE maps (B, K, *map) of the classes ``classes`` (B, K) of every image."""
