@@ -53,6 +53,7 @@ class AttentionRollout(AttributionMethod):
 
     label = "Attn. Rollout"
     requires = Requires(attention=True, vit=True)
+    class_dependent = False  # attention probabilities of the forward pass only
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         with torch.no_grad(), adapter.record_attention() as rec:
@@ -66,6 +67,7 @@ class LastLayerAttention(AttributionMethod):
 
     label = "Attn. last"
     requires = Requires(attention=True, vit=True)
+    class_dependent = False  # attention probabilities of the forward pass only
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         with torch.no_grad(), adapter.record_attention() as rec:

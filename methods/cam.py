@@ -67,3 +67,4 @@ class EigenCAM(_CAM):
 
     label = "EigenCAM"
     cam_class = "EigenCAM"
+    class_dependent = False  # the principal component of the activations ignores the target

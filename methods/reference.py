@@ -1,4 +1,4 @@
-"""Reference rows that calibrate every table (salvage-paper Table 1; SPEC §4)."""
+"""Reference rows that calibrate every table: a random map and the ground-truth mask."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class Random(AttributionMethod):
 
     label = "Random"
     queries_model = False
+    class_dependent = False  # seeded by image id only
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         maps = torch.stack(
@@ -31,6 +32,7 @@ class Oracle(AttributionMethod):
     label = "Oracle"
     queries_model = False
     requires = Requires(masks=True)
+    class_dependent = False  # the object mask, whatever the class
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         if masks is None:

@@ -1,48 +1,64 @@
-"""PxAP, pixel average precision (comet-paper supplementary §5; Choe et al. 2020), ×100.
+"""PxAP, pixel average precision (Choe et al. 2020, "Evaluating Weakly Supervised Object
+Localization Methods Right"; used by the COMET paper, supplementary §5), ×100.
 
 Per image the map is upsampled to the mask size (nearest for patch maps) and min-max
-normalised (a constant map becomes zeros). Over the whole dataset two histograms are
-accumulated on the thresholds τ_j = j/T, j = 0..T−1 (T = 1000: 0, 0.001, …, 0.999): scores
-of mask pixels and scores of background pixels (bin j holds τ_j ≤ s < τ_{j+1}, 1.0 in the last
-bin). Reverse cumulative sums give TP(τ) and FP(τ) = pixels with score ≥ τ; precision =
-TP/(TP+FP), recall = TP/|mask pixels|, and PxAP = Σ_j precision(τ_j)·(Rec(τ_j) − Rec(τ_{j+1}))
-with Rec(τ_T) = 0 (the area under the precision-recall curve, from the highest threshold
-down). Dataset-level: each image contributes its two histograms as its *state*; ``aggregate``
-sums any set of states (streamable; bootstrappable over images). COMET's own 20-threshold
-variant is not used.
+normalised to [0, 1] (a constant map becomes zeros). Over the whole dataset two histograms are
+accumulated, of the scores of mask pixels and of background pixels, with the bins of the
+authors' reference implementation (wsolevaluation, ``MaskEvaluator``): thresholds
+τ = 0, 1/T, 2/T, …, (T−1)/T (T = 1000, generated as ``numpy.arange(0, 1, 1/T)`` in float64)
+followed by the right edges 1.0, 2.0, 3.0, i.e. T + 2 bins [τ_j, τ_{j+1}), …, [(T−1)/T, 1),
+[1, 2), [2, 3] (numpy's histogram rule). A normalised score of exactly 1.0 (the maximum of every
+non-constant map) therefore has its own bin and is not merged with [(T−1)/T, 1). Reverse
+cumulative sums over the bins, from the highest down, give TP and FP (pixels at or above each
+edge); precision = TP/(TP + FP), recall = TP/|mask pixels|, and
+PxAP = 100 · Σ_{i ≥ 1} precision_i · (recall_i − recall_{i−1}) over the edges where TP + FP > 0
+(the area under the precision–recall curve, as wsolevaluation sums it).
+
+Dataset-level: each image contributes its two histograms as its *state*; ``aggregate`` sums any
+set of states (streamable; bootstrappable over images). COMET's own 20-threshold variant is not used.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .base import UP, Metric, MetricResult, register_metric
 from .ranking import minmax, pixel_maps
 
 
+def pxap_edges(n_thresholds: int = 1000) -> torch.Tensor:
+    """The bin edges (float64): ``arange(0, 1, 1/T)`` followed by 1.0, 2.0, 3.0."""
+    return torch.from_numpy(np.append(np.arange(0, 1, 1.0 / n_thresholds), [1.0, 2.0, 3.0]))
+
+
 def pxap_histograms(maps: torch.Tensor, masks: torch.Tensor, n_thresholds: int = 1000) -> torch.Tensor:
-    """maps (B, n) raw, masks (B, n) bool → states (B, 2T): [mask-pixel histogram | background histogram]."""
-    scores = minmax(maps.float())
-    bins = (scores * n_thresholds).floor().long().clamp(0, n_thresholds - 1)
-    idx = bins + n_thresholds * (~masks).long()
-    hist = torch.zeros(maps.shape[0], 2 * n_thresholds, dtype=torch.float64, device=maps.device)
+    """maps (B, n) raw, masks (B, n) bool → states (B, 2K): [mask-pixel histogram | background
+    histogram], K = number of bins (T + 2)."""
+    scores = minmax(maps.float()).double()
+    edges = pxap_edges(n_thresholds).to(scores.device)
+    K = len(edges) - 1
+    # bin j holds edges[j] ≤ s < edges[j+1]; the last bin also holds s = edges[-1]
+    bins = (torch.searchsorted(edges, scores, right=True) - 1).clamp(0, K - 1)
+    idx = bins + K * (~masks).long()
+    hist = torch.zeros(maps.shape[0], 2 * K, dtype=torch.float64, device=maps.device)
     return hist.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
 
 
 def pxap_from_histograms(states: torch.Tensor) -> float:
-    """PxAP ×100 from summed states (N, 2T); NaN if there is no mask pixel."""
-    T = states.shape[1] // 2
+    """PxAP ×100 from summed states (N, 2K); NaN if there is no mask pixel."""
+    K = states.shape[1] // 2
     hist = states.double().sum(0)
-    tp = hist[:T].flip(0).cumsum(0)  # thresholds from high to low
-    fp = hist[T:].flip(0).cumsum(0)
-    n_pos = hist[:T].sum()
+    tp = hist[:K].flip(0).cumsum(0)  # from the highest edge down
+    fp = hist[K:].flip(0).cumsum(0)
+    n_pos = hist[:K].sum()
     if n_pos <= 0:
         return float("nan")
     selected = tp + fp
-    precision = torch.where(selected > 0, tp / selected.clamp_min(1), torch.zeros_like(tp))
+    precision = tp / selected.clamp_min(1)
     recall = tp / n_pos
-    d_recall = torch.diff(recall, prepend=recall.new_zeros(1))
-    return float(100 * (precision * d_recall).sum())
+    terms = (precision[1:] * torch.diff(recall))[selected[1:] > 0]
+    return float(100 * terms.sum())
 
 
 @register_metric("pxap")

@@ -14,10 +14,10 @@ from xaibench.methods import FitContext, create_method
 
 # small settings so that every method runs in well under a second on the tiny models
 SMALL = {
-    "smoothgrad": dict(n_samples=6, nt_samples_batch_size=4),
-    "integrated_gradients": dict(n_steps=8, internal_batch_size=16),
-    "rise": dict(n_masks=40, mask_batch=16),
-    "feature_suppression": dict(n_samples=6, sample_batch=4),
+    "smoothgrad": dict(n_samples=6),
+    "integrated_gradients": dict(n_steps=8),
+    "rise": dict(n_masks=40),
+    "feature_suppression": dict(n_samples=6),
     "mask_optimisation": dict(steps=3, n_distractors=3),
 }
 POSTHOC = [
@@ -123,7 +123,7 @@ def test_rise_recovers_linear_weights_ordering():
     adapter = ModelAdapter(
         _LinearInMask(weights.contiguous()), mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(32, 32), patch_size=8
     )
-    rise = create_method("rise", n_masks=4000, s=8, mask_batch=1000)
+    rise = create_method("rise", n_masks=4000, s=8)
     attr = rise.attribute(adapter, torch.ones(1, 3, 32, 32), torch.tensor([0]), ids=["lin"])
     assert attr.level == "pixel"
     scores = attr.patch_scores(adapter.grid)[0].view(4, 4)
@@ -290,11 +290,12 @@ def test_feature_suppression_algorithm_on_a_linear_model():
     lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     adapter = ModelAdapter(lin, mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(8, 8), patch_size=4)
     x, target = torch.randn(2, 3, 8, 8), torch.tensor([1, 3])
-    method = create_method("feature_suppression", n_samples=5, sample_batch=2)
+    method = create_method("feature_suppression", n_samples=5)
+    adapter.budget.megabytes = 1e-4  # one suppressed copy per pass: the draws must not depend on it
+    assert adapter.budget.rows(backward=True) == 1
     maps = method.attribute(adapter, x, target, ids=["p", "q"]).maps
     for b, image_id in enumerate(["p", "q"]):
-        g = generator(0, image_id, "suppression")
-        draws = torch.cat([suppression_masks(m, 64, 0.6, g, "cpu") for m in (2, 2, 1)])
+        draws = suppression_masks(5, 64, 0.6, generator(0, image_id, "suppression"), "cpu")
         acc = torch.zeros(3, 8, 8)
         for off in draws:
             xh = torch.where(off.view(1, 8, 8), torch.full((3, 8, 8), 1e-8), x[b]).requires_grad_(True)
@@ -403,3 +404,119 @@ def test_gae_matches_plain_loop_and_is_class_specific(tiny_vit):
     assert maps.abs().sum() > 0
     other = create_method("gae").attribute(tiny_vit, x, (target + 1) % 10, ids=ids).maps
     assert not torch.allclose(other, maps)
+
+
+class _ConstantOutput(nn.Module):
+    """Logits that ignore the input: p_c is the same for every masked input."""
+
+    def forward(self, x):
+        return torch.tensor([[2.0, 0.5, -1.0]]).expand(x.shape[0], -1) + 0 * x.mean()
+
+
+@pytest.mark.parametrize("mode", ["pixel", "patch"])
+def test_rise_paired_masks_cancel_the_constant_part(mode):
+    """With paired masks (m, 1 − m) every part is kept in exactly half of the masks, so a constant
+    p_c gives the flat map p_c/(2p)·2 = p_c exactly; independent masks scatter around it."""
+    if mode == "patch":
+        adapter = make_tiny_vit()
+        with torch.no_grad():  # a ViT whose head ignores the tokens: constant logits
+            adapter.model.head.weight.zero_()
+            adapter.model.head.bias.copy_(torch.linspace(2, -1, 10))
+    else:
+        adapter = ModelAdapter(
+            _ConstantOutput(), mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(32, 32), patch_size=8
+        )
+    x, target, ids = _inputs(2)
+    target = torch.zeros(2, dtype=torch.long)
+    p_c = float(adapter.probs(x[:1]).detach()[0, 0])
+    paired = create_method("rise", n_masks=64, sampling="paired", mode=mode).attribute(
+        adapter, x, target, ids=ids
+    )
+    assert torch.allclose(paired.maps, torch.full_like(paired.maps, p_c), rtol=1e-5)
+    indep = create_method("rise", n_masks=64, mode=mode).attribute(adapter, x, target, ids=ids)
+    assert (indep.maps - p_c).abs().max() > 0.05 * p_c
+    with pytest.raises(UserError, match="paired"):
+        create_method("rise", sampling="paired", p=0.3).attribute(adapter, x, target, ids=ids)
+    with pytest.raises(UserError, match="sampling"):
+        create_method("rise", sampling="antithetic").attribute(adapter, x, target, ids=ids)
+
+
+def test_rise_paired_and_independent_estimate_the_same_map():
+    """Both samplers estimate E[p_c(x ⊙ m)·m]/p (each paired mask is still Bernoulli(0.5) per
+    cell): on a model linear in the mask with a smooth weight bump, both maps follow the bump and
+    agree with each other; pairing removes the noise of the constant part, so it is closer to a
+    long independent run than the independent map of the same size."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    bump = torch.exp(-((yy - 10) ** 2 + (xx - 20) ** 2) / 40)
+    adapter = ModelAdapter(
+        _LinearInMask(bump.expand(1, 3, 32, 32).contiguous()),
+        mean=SYNTH_MEAN,
+        std=SYNTH_STD,
+        input_size=(32, 32),
+        patch_size=8,
+    )
+    x, t = torch.ones(1, 3, 32, 32), torch.tensor([0])
+
+    def rise(n, sampling, seed=0):
+        method = create_method("rise", n_masks=n, sampling=sampling, mode="pixel", seed=seed)
+        return method.attribute(adapter, x, t, ids=["lin"]).maps[0]
+
+    def corr(m):
+        return float(torch.corrcoef(torch.stack([m.flatten(), bump.flatten()]))[0, 1])
+
+    long_run = rise(20000, "independent", seed=7)
+    paired, indep = rise(1000, "paired"), rise(1000, "independent")
+    assert corr(long_run) > 0.95 and corr(paired) > 0.9 and corr(indep) > 0.6  # measured 0.98, 0.95, 0.75
+    assert corr(paired) > corr(indep)
+    assert (paired - long_run).abs().mean() < 0.6 * (indep - long_run).abs().mean()  # measured 0.4
+    assert (paired - long_run).abs().max() < 0.04 * long_run.max()  # measured 0.027
+
+
+def test_rise_answers_the_second_label_from_the_same_masks(tiny_vit):
+    """The first call also explains the clean prediction's top two classes; a following call for
+    one of them (completeness's second label) returns exactly a fresh call's map without forwards."""
+    x, _, ids = _inputs(3)
+    with torch.no_grad():
+        top2 = tiny_vit.probs(x).topk(2, 1).indices
+    rise = _method("rise", tiny_vit)
+    first = rise.attribute(tiny_vit, x, top2[:, 0], ids=ids).maps
+    calls = []
+    handle = tiny_vit.model.blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    second = rise.attribute(tiny_vit, x, top2[:, 1], ids=ids).maps
+    assert not calls
+    kept = first.clone()
+    first.zero_()  # the caller owns what it gets: changing it does not change later answers
+    again = rise.attribute(tiny_vit, x, top2[:, 0], ids=ids).maps
+    handle.remove()
+    assert torch.equal(again, kept)
+    fresh = _method("rise", tiny_vit).attribute(tiny_vit, x, top2[:, 1], ids=ids).maps
+    assert torch.equal(second, fresh) and not torch.equal(second, kept)
+    other = (top2[:, 1] + 1) % 10  # not among the explained classes for some image: recomputed
+    assert torch.equal(
+        rise.attribute(tiny_vit, x, other, ids=ids).maps,
+        _method("rise", tiny_vit).attribute(tiny_vit, x, other, ids=ids).maps,
+    )
+    # a different image under the same id, or changed weights, are not answered from the memo
+    rise.attribute(tiny_vit, x, top2[:, 0], ids=ids)
+    x2 = x.clone()
+    x2[0] += 1
+    assert torch.equal(
+        rise.attribute(tiny_vit, x2, top2[:, 1], ids=ids).maps,
+        _method("rise", tiny_vit).attribute(tiny_vit, x2, top2[:, 1], ids=ids).maps,
+    )
+    rise.attribute(tiny_vit, x, top2[:, 0], ids=ids)
+    with torch.no_grad():
+        tiny_vit.model.head.weight.mul_(2)
+    assert torch.equal(
+        rise.attribute(tiny_vit, x, top2[:, 1], ids=ids).maps,
+        _method("rise", tiny_vit).attribute(tiny_vit, x, top2[:, 1], ids=ids).maps,
+    )
+
+
+def test_rise_notes_state_the_seed_agreement():
+    (quick,) = create_method("rise", preset="quick").notes()
+    assert "768 paired" in quick and "Spearman 0.29" in quick
+    (paper,) = create_method("rise").notes()
+    assert "4000 independent" in paper and "Spearman 0.23" in paper
+    (other,) = create_method("rise", n_masks=100).notes()
+    assert "seed noise" in other

@@ -223,7 +223,7 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
     metric = create_metric("completeness", removal=strategy, n_draws=3, eps1=0.0, eps2=0.1, labels="worst")
     res = metric.compute(ctx, batch, attribution, explain)
     assert explain.calls == 2  # the top label reuses the run's map; the second label is explained
-    mean_rule = create_metric("completeness", removal=strategy, n_draws=3).compute(
+    mean_rule = create_metric("completeness", removal=strategy, n_draws=3, labels="mean").compute(
         ctx, batch, attribution, explain
     )
     removal = Removal(strategy, n_draws=3, seed=2, distractors=pool if strategy == "distractor" else None)
@@ -251,6 +251,60 @@ def test_completeness_soundness_equal_plain_reference(strategy, tiny_cnn):
         assert float(res.scores["soundness"][i]) == float(all(sound))
         assert float(mean_rule.scores["completeness"][i]) == sum(comp) / 2
         assert float(mean_rule.scores["soundness"][i]) == sum(sound) / 2
+
+
+def test_completeness_worst_case_rule_on_constructed_scores(monkeypatch, tiny_cnn):
+    """score(x, a) set by hand per image and label (p_a1 = 0.6, p_a2 = 0.3; complete: score ≥ p_a,
+    sound: score ≤ 1.1·p_a). The default rule is the appendix's worst case over {a1, a2}: an image
+    is complete (sound) only if both labels are. Each row below breaks a different wrong rule
+    (a1 only, a2 only, either label, the mean)."""
+    import xaibench.metrics.completeness as cs
+
+    rows = [  # score a1, score a2 → worst-case completeness, soundness; mean-rule completeness, soundness
+        (0.6, 0.2, 0, 1, 0.5, 1.0),  # a1 complete (at equality) and sound; a2 incomplete
+        (0.7, 0.3, 1, 0, 1.0, 0.5),  # a1 unsound; a2 complete and sound
+        (0.5, 0.4, 0, 0, 0.5, 0.5),  # a1 incomplete, a2 unsound: fails both, yet the mean sums to 1
+        (0.62, 0.31, 1, 1, 1.0, 1.0),
+        (0.7, 0.5, 1, 0, 1.0, 0.0),
+    ]
+    n = len(rows)
+    probs = torch.zeros(n, 10)
+    probs[:, 0], probs[:, 1], probs[:, 2] = 0.6, 0.3, 0.1
+    batch = Batch(
+        x=torch.zeros(n, 3, 32, 32),
+        labels=torch.zeros(n, dtype=torch.long),
+        targets=torch.zeros(n, dtype=torch.long),
+        ids=[f"c{i}" for i in range(n)],
+        probs=probs,
+        masks=None,
+    )
+    table = torch.tensor([[r[0], r[1]] for r in rows])
+
+    def scores(adapter, x, maps, targets, ids, removal, fractions, seed):
+        assert set(targets.tolist()) <= {0, 1}
+        score = table[torch.arange(n), targets]
+        return score, score[:, None].expand(-1, len(fractions))
+
+    monkeypatch.setattr(cs, "top_fraction_scores", scores)
+    pool = torch.zeros(2, 3, 32, 32)
+    ctx = EvalContext(tiny_cnn, Removal("mean"), seed=0, distractors=pool)
+    attr = Attribution(torch.rand(n, 32, 32, generator=torch.Generator().manual_seed(0)), "pixel")
+    assert create_metric("completeness").settings()["labels"] == "worst"
+    worst = create_metric("completeness").compute(ctx, batch, attr, lambda t: attr).scores
+    mean = create_metric("completeness", labels="mean").compute(ctx, batch, attr, lambda t: attr).scores
+    assert worst["completeness"].tolist() == [float(r[2]) for r in rows]
+    assert worst["soundness"].tolist() == [float(r[3]) for r in rows]
+    assert mean["completeness"].tolist() == [r[4] for r in rows]
+    assert mean["soundness"].tolist() == [r[5] for r in rows]
+    # the raw per-label scores are reported under either rule
+    for res in (worst, mean):
+        assert torch.equal(res["cs_score_a1"], table[:, 0]) and torch.equal(res["cs_score_a2"], table[:, 1])
+    # with ε1 = 0 every label is complete or sound: the per-label mean sums to ≥ 1 for every image,
+    # the worst case does not
+    assert ((mean["completeness"] + mean["soundness"]) >= 1).all()
+    assert float(worst["completeness"][2] + worst["soundness"][2]) == 0.0
+    with pytest.raises(Exception, match="labels rule"):
+        create_metric("completeness", labels="best").compute(ctx, batch, attr, lambda t: attr)
 
 
 def test_quick_preset_and_run_overrides(tiny_vit):

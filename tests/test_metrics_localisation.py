@@ -67,7 +67,7 @@ def test_pxap_three_pixel_example_by_hand():
     # thresholds high→low: at 1.0: TP 1, FP 0 (P 1, R 1/2); at 0.5: TP 1, FP 1 (P 1/2, R 1/2);
     # at 0: TP 2, FP 1 (P 2/3, R 1). AP = 1·1/2 + 1/2·0 + 2/3·1/2 = 5/6.
     states = pxap_histograms(t([4.0, 3.0, 2.0]), t([1, 0, 1], torch.bool))
-    assert states.shape == (1, 2000)
+    assert states.shape == (1, 2 * 1002)  # 1000 thresholds + the bins [1, 2) and [2, 3]
     assert pxap_from_histograms(states) == pytest.approx(100 * 5 / 6)
     # dataset level: states add up across images (two copies give the same AP; a perfect image raises it)
     assert pxap_from_histograms(torch.cat([states, states])) == pytest.approx(100 * 5 / 6)
@@ -78,6 +78,84 @@ def test_pxap_three_pixel_example_by_hand():
     assert pxap_from_histograms(pxap_histograms(t([7.0] * 3), t([1, 0, 1], torch.bool))) == pytest.approx(
         100 * 2 / 3
     )
+
+
+def wsol_pxap(maps: np.ndarray, masks: np.ndarray, interval: float = 0.001) -> float:
+    """Choe et al.'s PxAP procedure (wsolevaluation ``MaskEvaluator``), written plainly: min-max
+    normalise each map; histogram mask and background scores with numpy on the edges
+    arange(0, 1, interval) + [1, 2, 3]; TP/FP from the reversed cumulative sums; AP =
+    Σ precision[1:]·diff(recall) over the edges with TP + FP ≠ 0."""
+    edges = np.append(np.arange(0, 1, interval), [1.0, 2.0, 3.0])
+    pos = np.zeros(len(edges) - 1)
+    neg = np.zeros(len(edges) - 1)
+    for m, gt in zip(maps, masks):
+        m = m.astype(np.float32)
+        span = m.max() - m.min()
+        s = (m - m.min()) / span if span > 0 else np.zeros_like(m)
+        pos += np.histogram(s[gt], bins=edges)[0]
+        neg += np.histogram(s[~gt], bins=edges)[0]
+    tp, fp = pos[::-1].cumsum(), neg[::-1].cumsum()
+    nonzero = (tp + fp) != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / (tp + fp)
+    recall = tp / pos.sum()
+    return float(100 * (precision[1:] * np.diff(recall))[nonzero[1:]].sum())
+
+
+def floor_binned_pxap(maps: np.ndarray, masks: np.ndarray, T: int = 1000) -> float:
+    """The previous binning: bin ⌊s·T⌋ with s = 1.0 merged into the last bin [(T−1)/T, 1]."""
+    pos, neg = np.zeros(T), np.zeros(T)
+    for m, gt in zip(maps, masks):
+        m = m.astype(np.float32)
+        s = (m - m.min()) / (m.max() - m.min())
+        b = np.minimum(np.floor(s * T), T - 1).astype(int)
+        pos += np.bincount(b[gt], minlength=T)
+        neg += np.bincount(b[~gt], minlength=T)
+    tp, fp = pos[::-1].cumsum(), neg[::-1].cumsum()
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0)
+    recall = tp / pos.sum()
+    return float(100 * (precision * np.diff(recall, prepend=0)).sum())
+
+
+def _ours(maps: np.ndarray, masks: np.ndarray) -> float:
+    return pxap_from_histograms(pxap_histograms(torch.from_numpy(maps), torch.from_numpy(masks)))
+
+
+def test_pxap_equals_wsolevaluation_procedure_on_random_maps():
+    rng = np.random.default_rng(0)
+    masks = rng.random((6, 400)) < np.linspace(0.1, 0.6, 400)
+    maps = [
+        rng.random((6, 400)),  # continuous
+        rng.integers(0, 5, (6, 400)),  # heavy ties, many exact 1.0 after min-max
+        np.repeat(rng.random((6, 25)), 16, axis=1),  # patch maps upsampled: blocks of equal values
+        rng.integers(0, 1001, (6, 400)) / 1000.0,  # scores on the thresholds themselves
+        rng.random((6, 400)) ** 8 + masks * 0.3,  # informative, skewed
+    ]
+    for m in maps:
+        m = m.astype(np.float32)
+        assert _ours(m, masks) == pytest.approx(wsol_pxap(m, masks), rel=1e-12)
+    m = rng.random((6, 400)).astype(np.float32)
+    m[2] = 3.0  # a constant map: all its pixels score 0
+    assert _ours(m, masks) == pytest.approx(wsol_pxap(m, masks), rel=1e-12)
+    assert _ours(m[:, :50], masks[:, :50]) == pytest.approx(wsol_pxap(m[:, :50], masks[:, :50]), rel=1e-12)
+
+
+def test_pxap_gives_exact_maxima_their_own_bin():
+    """Half the object at the map's maximum (score exactly 1.0), as many background pixels just
+    below it in [0.999, 1), the rest at 0. wsolevaluation: at 1.0 precision 1, recall 1/2; at
+    0.999 nothing new is found; at 0 precision 200/1100: AP = 1/2 + 1/2·2/11 = 59.09. Merging 1.0
+    into [0.999, 1) reports precision 1/2 at recall 1/2: 34.09."""
+    mask = np.zeros(1100, dtype=bool)
+    mask[:200] = True
+    m = np.zeros(1100, dtype=np.float32)
+    m[:100] = 1.0
+    m[200:300] = 0.9995
+    maps, masks = m[None], mask[None]
+    expected = 100 * (0.5 + 0.5 * 200 / 1100)
+    assert wsol_pxap(maps, masks) == pytest.approx(expected)
+    assert _ours(maps, masks) == pytest.approx(expected, rel=1e-12)
+    assert floor_binned_pxap(maps, masks) == pytest.approx(100 * (0.25 + 0.5 * 200 / 1100))
+    assert _ours(maps, masks) - floor_binned_pxap(maps, masks) == pytest.approx(25.0)
 
 
 def test_iou_curve_hand_computed():
