@@ -20,7 +20,7 @@ never pyplot's global state).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
@@ -78,13 +78,16 @@ def _save(fig, out_dir: Path, name: str) -> List[Path]:
     return paths
 
 
-def _palette(run: RunResults, methods: Sequence[str]) -> Dict[str, tuple]:
-    """One colour per method, the same in every figure of the run."""
+def method_palette(run: RunResults, methods: Sequence[str]) -> Dict[str, tuple]:
+    """One colour per method, the same in every figure of the run (and of its HTML report):
+    seaborn's colour-blind palette without its grey (kept for the reference rows), or evenly
+    spaced hues beyond its nine colours."""
     import seaborn as sns
 
     reference = {"random": (0.55, 0.55, 0.55), "oracle": (0.0, 0.0, 0.0)}  # dashed grey / black
     every = [m for m in sorted(run.config.get("methods", {}) or methods) if m not in reference]
-    colors = sns.color_palette("tab10" if len(every) <= 10 else "husl", len(every))
+    blind = [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]  # 7: grey
+    colors = blind if len(every) <= len(blind) else sns.color_palette("husl", len(every))
     return {
         m: reference.get(m) or (colors[every.index(m)] if m in every else (0.3, 0.3, 0.3)) for m in methods
     }
@@ -123,7 +126,7 @@ def plot_curves(run: RunResults, out_dir: Path, methods: Optional[Sequence[str]]
         raise UserError(f"run '{run.dir}' has no MIF/LIF or R-MIF/R-LIF curves to plot")
     ncols = max(len(r) for r in panels)
     fig, axes = _figure(len(panels), ncols, 3.6, 3.0)
-    colors = _palette(run, chosen)
+    colors = method_palette(run, chosen)
     directions = run.directions()
     for r, row in enumerate(panels):
         for c in range(ncols):
@@ -183,7 +186,7 @@ def plot_bars(
     chosen = ordered(list(table["method"]), table)
     names = sorted(dict.fromkeys(table["metric"]), key=metric_sort_key)
     fig, axes = _figure(1, len(names), 3.8, 0.45 * len(chosen) + 1.2)
-    colors = _palette(run, chosen)
+    colors = method_palette(run, chosen)
     for ax, name in zip(axes[0], names):
         t = table[table["metric"] == name].set_index("method").reindex(chosen)
         y = np.arange(len(chosen))[::-1]
@@ -243,6 +246,8 @@ class GridImages:
     own: Dict[str, bool]
     method_labels: Dict[str, str]
     classes: List[str]
+    #: method → each image's map at its own resolution (patch grid or pixels), min-max scaled
+    native: Dict[str, List[Optional[np.ndarray]]] = field(default_factory=dict)
 
     @property
     def size(self) -> Tuple[int, int]:
@@ -348,6 +353,12 @@ def registered(amap: torch.Tensor, size: Tuple[int, int]) -> np.ndarray:
             amap = amap.repeat_interleave(H // h, 0).repeat_interleave(W // w, 1)
         else:
             amap = F.interpolate(amap[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+    return _scaled(amap)
+
+
+def _scaled(amap: torch.Tensor) -> np.ndarray:
+    """Min-max scaled to [0, 1] (a constant map: zeros), float32."""
+    amap = amap.detach().float().cpu()
     lo, hi = float(amap.min()), float(amap.max())
     out = ((amap - lo) / (hi - lo)) if hi > lo else torch.zeros_like(amap)
     return out.numpy().astype(np.float32)
@@ -376,10 +387,12 @@ def grid_images(
     images = [smp.image.permute(1, 2, 0).clamp(0, 1).numpy() for smp in samples]
     size = tuple(images[0].shape[:2])
     maps: Dict[str, List[Optional[np.ndarray]]] = {}
+    native: Dict[str, List[Optional[np.ndarray]]] = {}
     targets: Dict[str, List[Optional[int]]] = {}
     for m, mf in previews.items():
         row = {i: k for k, i in enumerate(mf.ids)}
         maps[m] = [registered(mf.maps[row[i]], size) if i in row else None for i in ids]
+        native[m] = [_scaled(mf.maps[row[i]]) if i in row else None for i in ids]
         targets[m] = [int(mf.targets[row[i]]) if (i in row and mf.targets is not None) else None for i in ids]
     return GridImages(
         ids=ids,
@@ -393,6 +406,7 @@ def grid_images(
         own={m: bool(run.method_info(m).get("explains_own_model")) for m in chosen},
         method_labels={m: run.method_label(m) for m in chosen},
         classes=classes,
+        native=native,
     )
 
 
