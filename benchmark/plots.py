@@ -299,6 +299,7 @@ def load_run_images(run: RunResults, ids: Sequence[str], cache_dir=None, data_ro
             pass
     dataset, split = run.dataset, res.get("split", cfg.get("split", "test"))
     opts = dict(
+        (run.config.get("dataset") or {}).get("options") or {},  # what the dataset recorded (pets: boundary)
         seed=int(cfg.get("seed", 0)),
         cache_dir=cache_dir or cfg.get("cache_dir"),
         data_root=data_root or cfg.get("data_root"),
