@@ -75,9 +75,10 @@ def _data_uri(image: np.ndarray, fmt: str) -> str:
 
 
 def _figure_uri(fig) -> str:
+    """A figure of photographs as a JPEG data URI (a PNG of the same grid is several times larger)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    fig.savefig(buf, format="jpeg", dpi=110, pil_kwargs={"quality": 90})
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _hex(colour) -> str:
@@ -163,9 +164,9 @@ def ranking_html(table: pd.DataFrame) -> str:
             "families with a better side (↑/↓) and two ranked methods.</p>"
         )
     parts = []
-    n_methods = max(int(agg.groupby("group")["method"].nunique().max()), 2)
     for group, g in agg.groupby("group", sort=False):
         g = g[np.isfinite(g["mean"].astype(float))].sort_values("mean")
+        n_methods = max(len(g), 2)  # ranks run from 1 to the number of ranked methods
         rows = []
         for r in g.itertuples():
             lo, hi, mean = (float(v) for v in (r.ci_low, r.ci_high, r.mean))
@@ -436,7 +437,8 @@ def images_html(
         "<noscript><p class=note>The image explorer needs JavaScript.</p></noscript>"
         f"<p class=note>The {len(g.ids)} images of the run's preview sample (the same for every method), "
         f"at the {W}×{H} input the model saw; maps in magma over the image in grey, min–max scaled per "
-        "map; scores of that image from scores.csv. * explains its own model.</p></div>"
+        "map; scores of that image from scores.csv."
+        f"{' * explains its own model.' if any(g.own.values()) else ''}</p></div>"
     )
     return grid_part, explorer
 
