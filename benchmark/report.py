@@ -634,6 +634,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
+    "--disable-dev-shm-usage",  # containers: a small /dev/shm crashes large pages
 )
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
