@@ -159,7 +159,9 @@ def test_explorer_data_matches_the_preview_and_scores(page, run_dir):
     shown = dict((k, v) for k, v, _ in data["scores"]["gradcam"][row.image_id])
     assert shown["SRG"] == pytest.approx(row.value, abs=1e-3)
     grid_images = [a for t, a in p.tags if t == "img" and "Qualitative grid" in a.get("alt", "")]
-    assert len(grid_images) == 1 and grid_images[0]["src"].startswith("data:image/jpeg;base64,")
+    assert len(grid_images) == 1 and grid_images[0]["src"].startswith(
+        ("data:image/png;base64,", "data:image/jpeg;base64,")
+    )
 
 
 def test_provenance_names_versions_seeds_and_hashes(page, run_dir):
