@@ -5,6 +5,7 @@
     xaibench list methods|metrics|datasets|models [PATTERN]
     xaibench leaderboard RUN_DIR [RUN_DIR ...] [--format markdown|latex|csv|json] [--rank-metrics all]
     xaibench plot RUN_DIR [--kind curves|bars|grid|all]
+    xaibench report RUN_DIR [RUN_DIR ...] --out report.html
 
 Global options (``--cache-dir``, ``--plugin``, ``--quiet``) go before or after the sub-command.
 Bad input (unknown names, nonsensical numbers, a plugin that fails to import) prints one line
@@ -270,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", default=None, help="grid only: where the run's dataset lies (default: as in the run)"
     )
     p.add_argument("--out", default=None, help="directory for the figures (default: RUN/figures)")
+    p = sub.add_parser("report", parents=common, help="one self-contained HTML page of finished runs")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    p.add_argument("--methods", default=None, help="comma list of method names or wildcards (default: all)")
+    p.add_argument("--n-images", type=int, default=6, help="images of the qualitative grid")
+    p.add_argument("--data-root", default=None, help="where the runs' dataset lies (default: as in the run)")
     return parser
 
 
@@ -365,11 +372,21 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = _output_file(args.out)
+    kw = dict(n_grid=args.n_images, cache_dir=args.cache_dir, data_root=args.data_root)
+    print(write_report(args.runs, out, methods=_names(args.methods), **kw))
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "list": cmd_list,
     "leaderboard": cmd_leaderboard,
     "plot": cmd_plot,
+    "report": cmd_report,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
 }
