@@ -12,6 +12,7 @@ after the data, the weights, a setting or the code changed.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, List
@@ -30,6 +31,9 @@ def source_fingerprint(plugins: Iterable[str] = ()) -> str:
         root = Path(importlib.import_module(name).__file__).parent
         files += sorted(root.rglob("*.py"))
     for module in plugins:
+        if module.endswith(".py") or os.sep in module:  # a plugin given as a file
+            files.append(Path(module).expanduser())
+            continue
         mod = sys.modules.get(module) or importlib.import_module(module)
         if getattr(mod, "__file__", None):
             files.append(Path(mod.__file__))

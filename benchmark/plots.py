@@ -7,7 +7,7 @@ never pyplot's global state).
 - ``bars``: SRG and R-SRG (or the chosen scores) per method with the 95 % bootstrap CI as
   whiskers.
 - ``grid``: rows = a seeded sample of the run's preview images (the maps every part keeps,
-  ``parts/<method>/preview.npz``), columns = the model's input (with the ground-truth mask
+  ``maps/<method>.preview.npz``), columns = the model's input (with the ground-truth mask
   outlined) and one heat map per method over it (salvage-paper Figure 1). The image is the one
   the model saw: the dataset image through the run's recorded preprocessing (a timm model's data
   config: resize, centre crop), so a map, computed on that crop, lies on the pixels it scores at
@@ -40,7 +40,7 @@ from .leaderboard import (
 )
 from .maps import read_maps
 from .seeding import generator
-from .store import PREVIEW
+from .store import preview_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -256,15 +256,12 @@ class GridImages:
 
 def preview_files(run: RunResults) -> Dict[str, Path]:
     """Method → its preview maps file (a method trained with several seeds: its first seed's part)."""
-    parts = run.dir / "parts"
     out: Dict[str, Path] = {}
     methods = run.config.get("methods", {}) or {}
-    names = list(methods) or ([p.name for p in sorted(parts.iterdir())] if parts.exists() else [])
-    for m in names:
-        candidates = [parts / m] + [parts / p for p in sorted((methods.get(m) or {}).get("parts") or {})]
-        for d in candidates:
-            if (d / PREVIEW).is_file():
-                out[m] = d / PREVIEW
+    for m, info in methods.items():
+        for part in [m] + sorted((info or {}).get("parts") or {}):
+            if preview_path(run.dir, part).is_file():
+                out[m] = preview_path(run.dir, part)
                 break
     return out
 
@@ -377,7 +374,7 @@ def grid_images(
     chosen method's map registered on the model's input."""
     files = preview_files(run)
     if not files:
-        raise UserError(f"run '{run.dir}' has no saved maps (parts/<method>/{PREVIEW})")
+        raise UserError(f"run '{run.dir}' has no saved maps (maps/<method>.preview.npz)")
     chosen = _pick_methods(run, list(files), methods)
     previews = {m: read_maps(files[m]) for m in chosen}
     ids = list(previews[chosen[0]].ids)

@@ -371,7 +371,7 @@ def images_html(
 
     available = [m for m in methods if m in preview_files(run)]
     if not available:
-        note = '<p class="note">This run kept no maps (parts/&lt;method&gt;/preview.npz).</p>'
+        note = '<p class="note">This run kept no maps (maps/&lt;method&gt;.preview.npz).</p>'
         return note, note
     try:
         g = grid_images(run, available, None, None, cache_dir, data_root)

@@ -62,6 +62,16 @@ def preview_ids(ids: Sequence[str], seed: int) -> set:
     return set(sorted(ids, key=lambda i: derive_seed(seed, "preview", i))[:PREVIEW_IMAGES])
 
 
+def preview_path(run_dir: str | Path, part: str) -> Path:
+    """The preview maps of a part (a method, or one training seed of it) of a finished run."""
+    return Path(run_dir) / "maps" / f"{part}.preview.npz"
+
+
+def maps_path(run_dir: str | Path, part: str) -> Path:
+    """Every map of a part of a finished run (written with --save-maps)."""
+    return Path(run_dir) / "maps" / f"{part}.npz"
+
+
 def run_key(identity: dict) -> str:
     return stable_hash(identity, 16)
 
@@ -269,13 +279,13 @@ class RunStore:
                 full.extra_ids = [e[1] for e in extra]
                 full.extra_targets = torch.stack([e[2] for e in extra])
                 full.extra_maps = torch.stack([e[3] for e in extra])
-            write_maps(self.dir / "maps" / f"{part}.npz", full)
+            write_maps(maps_path(self.dir, part), full)
         keep = preview_ids(ids, seed)
         rows = [i for i, image_id in enumerate(ids) if image_id in keep]
         sample = MapFile(
             maps[rows], [ids[i] for i in rows], level, None if targets is None else targets[rows], meta
         )
-        write_maps(self.dir / "maps" / f"{part}.preview.npz", sample)
+        write_maps(preview_path(self.dir, part), sample)
 
     def write_config(self, doc: dict) -> None:
         write_json(self.dir / "config.json", doc)

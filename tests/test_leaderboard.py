@@ -54,7 +54,6 @@ def make_run(
     states: Optional[Dict[str, Dict[str, torch.Tensor]]] = None,
     metrics_config: Optional[dict] = None,
     curves: Optional[pd.DataFrame] = None,
-    maps: Optional[Dict[str, torch.Tensor]] = None,
     skipped: Optional[Dict[str, str]] = None,
     seed: int = 0,
 ) -> Path:
@@ -118,12 +117,6 @@ def make_run(
             "versions": {"xaibench": "test"},
         },
     )
-    for m, mp in (maps or {}).items():
-        (d / "parts" / m).mkdir(parents=True)
-        save_torch(
-            d / "parts" / m / "attributions.pt",
-            {"ids": [f"{dataset}-test-{i:05d}" for i in range(len(mp))], "level": "patch", "maps": mp},
-        )
     seal_run(d)  # a finished run: its files are recorded, as the harness does
     return d
 

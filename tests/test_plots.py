@@ -16,26 +16,26 @@ from xaibench.errors import UserError
 from xaibench.io import read_json, write_json
 from xaibench.maps import MapFile, write_maps
 from xaibench.plots import bar_metrics, draw_grid, grid_images, plot_run, row_label
-from xaibench.store import PREVIEW, seal_run
+from xaibench.store import preview_path, seal_run
 
 N = 8
 
 
 def add_previews(run_dir, maps, *, level="patch", targets=None, ids=None, model=None):
-    """Give a run made by ``make_run`` the preview maps every part keeps (and, with ``model``, the
-    model section of config.json; the run is sealed again)."""
+    """Give a run made by ``make_run`` the preview maps a run keeps (and, with ``model``, the
+    model section of config.json); the run is sealed again."""
     for m, mp in maps.items():
         names = ids or [f"synthetic-test-{i:05d}" for i in range(len(mp))]
         t = (targets or {}).get(m)
         write_maps(
-            run_dir / "parts" / m / PREVIEW,
+            preview_path(run_dir, m),
             MapFile(mp, names, level, None if t is None else torch.as_tensor(t), {"method": m}),
         )
     if model is not None:
         config = read_json(run_dir / "config.json")
         config["model"] = model
         write_json(run_dir / "config.json", config)
-        seal_run(run_dir)
+    seal_run(run_dir)
     return run_dir
 
 

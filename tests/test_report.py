@@ -145,10 +145,11 @@ def test_curves_have_a_line_per_method_and_panel(page):
 
 def test_explorer_data_matches_the_preview_and_scores(page, run_dir):
     from xaibench.maps import read_maps
+    from xaibench.store import preview_path
 
     p = Page(page)
     (data,) = p.scripts.values()
-    preview = read_maps(run_dir / "parts" / "saliency" / "preview.npz")
+    preview = read_maps(preview_path(run_dir, "saliency"))
     assert [i["id"] for i in data["images"]] == preview.ids
     assert [m["name"] for m in data["methods"]] == ["gradcam", "saliency", "random"]
     assert data["size"] == [32, 32]
