@@ -2,13 +2,13 @@
 never pyplot's global state).
 
 - ``curves``: the MIF / LIF / SRG and R-MIF / R-LIF / R-SRG curves against the fraction of
-  patches kept (salvage-paper Figure 2); the SRG curves are MIF − LIF at each fraction.
+  patches kept (Naouar et al. 2025, Salvage, Figure 2); the SRG curves are MIF − LIF at each fraction.
   (Other metrics' curves, e.g. IoU against the threshold, have other axes and stay in curves.csv.)
 - ``bars``: SRG and R-SRG (or the chosen scores) per method with the 95 % bootstrap CI as
   whiskers.
 - ``grid``: rows = a seeded sample of the run's preview images (the maps every part keeps,
   ``maps/<method>.preview.npz``), columns = the model's input (with the ground-truth mask
-  outlined) and one heat map per method over it (salvage-paper Figure 1). The image is the one
+  outlined) and one heat map per method over it (Naouar et al. 2025, Salvage, Figure 1). The image is the one
   the model saw: the dataset image through the run's recorded preprocessing (a timm model's data
   config: resize, centre crop), so a map, computed on that crop, lies on the pixels it scores at
   the crop's aspect ratio. Heat maps (magma, a colour-blind-safe colormap) lie over the image in

@@ -1,4 +1,5 @@
-"""Fidelity: perturbed accuracy after removing the most relevant pixels (comet-paper §4,
+"""Fidelity: perturbed accuracy after removing the most relevant pixels (Zhang, Lee & Wang
+2024, "Comprehensive Attribution: Inherently Explainable Vision Model with Feature Detector", §4,
 Table 5), ×100, lower is better.
 
 For each fraction k% (5, 10, 20) the round(k%·n) highest-ranked units (ties in a random order

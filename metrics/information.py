@@ -1,5 +1,5 @@
-"""Mutual information between a map and the ground-truth mask (feature-suppression-paper
-§3.1, §9.2), in nats.
+"""Mutual information between a map and the ground-truth mask ("Sampling Matters in
+Explanations: Towards Robust Attribution Analysis with Feature Suppression", §3.1, §9.2), in nats.
 
 Per image: the pixel-level map (patch maps upsampled, nearest), absolute value, min-max
 normalised (a constant map becomes zeros), cut into 20 equal-width bins on [0, 1] (1.0 in the

@@ -1,9 +1,11 @@
-"""MIF, LIF and SRG (salvage-paper Appendix A.1, Algorithm 1; Blücher et al. 2024).
+"""MIF, LIF and SRG (Naouar et al. 2025, "Salvage: Shapley-distribution Approximation Learning
+Via Attribution Guided Exploration for Explainable Image Classification", Appendix A.1,
+Algorithm 1; Blücher et al. 2024).
 
 Patches are ranked by attribution (descending for MIF, ascending for LIF; ties broken by a
 random order seeded per image). For each cardinality k = 1..N the first k patches are kept
 and the rest removed; the score is the mean over k of the target probability p_c, ×100
-(salvage-paper Table 3). SRG = MIF − LIF (↑). The curves (k/N, p_c ×100) are kept for plots.
+(Salvage, Table 3). SRG = MIF − LIF (↑). The curves (k/N, p_c ×100) are kept for plots.
 
 The ``quick`` preset evaluates 8 evenly spaced k (k = 1 and N included) instead of all N; the
 run's ``--cardinalities`` overrides either preset. ``settings()`` records the choice.

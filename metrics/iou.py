@@ -1,4 +1,5 @@
-"""IoU-AUC: area under the IoU-vs-threshold curve (comet-paper Table 3), ×100.
+"""IoU-AUC: area under the IoU-vs-threshold curve (Zhang, Lee & Wang 2024, "Comprehensive
+Attribution: Inherently Explainable Vision Model with Feature Detector", Table 3), ×100.
 
 The comet paper does not state its thresholds; our documented choice: the pixel-level map
 (patch maps upsampled, nearest) is min-max normalised per image (a constant map becomes

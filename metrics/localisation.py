@@ -1,4 +1,4 @@
-"""Relevance Mass Accuracy and Relevance Rank Accuracy (Arras et al. 2022; salvage-paper
+"""Relevance Mass Accuracy and Relevance Rank Accuracy (Arras et al. 2022; Naouar et al. 2025, Salvage,
 Appendix A.1), ×100.
 
 The map is taken at pixel level (patch maps upsampled, nearest) against the ground-truth mask.

@@ -1,4 +1,6 @@
-"""R-MIF, R-LIF and R-SRG (salvage-paper Appendix A.1, Algorithm 2).
+"""R-MIF, R-LIF and R-SRG (Naouar et al. 2025, "Salvage: Shapley-distribution Approximation
+Learning Via Attribution Guided Exploration for Explainable Image Classification", Appendix A.1,
+Algorithm 2).
 
 Weights w = (φ − min φ)/(max φ − min φ) (R-MIF) or 1 − w (R-LIF); for each cardinality k,
 ``n_masks`` subsets of size k are drawn by weighted sampling without replacement

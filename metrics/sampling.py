@@ -21,8 +21,8 @@ from .ranking import minmax
 
 
 def sampling_weights(phi: torch.Tensor, most_relevant_first: bool = True) -> torch.Tensor:
-    """Algorithm 2 (salvage-paper): w = (φ − min φ)/(max φ − min φ) for R-MIF, 1 − w for R-LIF;
-    a constant map gives uniform weights. phi (B, P) → (B, P) in [0, 1]."""
+    """Algorithm 2 of Naouar et al. 2025 (Salvage): w = (φ − min φ)/(max φ − min φ) for R-MIF,
+    1 − w for R-LIF; a constant map gives uniform weights. phi (B, P) → (B, P) in [0, 1]."""
     w = minmax(phi)
     if not most_relevant_first:
         w = 1 - w
