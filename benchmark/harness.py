@@ -32,7 +32,7 @@ from .preflight import preflight
 from .registry import METHODS, METRICS, load_plugin
 from .scoring import score_method
 from .spec import RunConfig, RunSpec, resolve
-from .store import RunStore, open_store, preview_ids
+from .store import RunStore, merge, open_store, part_status, preview_ids
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _part_status(store: RunStore, ctx: RunContext, method, part: str) -> dict:
     reason = method.applies_to(ctx.adapter, ctx.data.has_masks)
     if reason is not None:
         return {"status": "skipped", "reason": reason}
-    status, info = store.status(part)
+    status, info = part_status(store, part)
     if status == "failed":
         return {"status": "failed", **info}
     shards = info["shards"]
@@ -239,7 +239,7 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
                 for method, part, seed, instance in parts:
                     record.status[part] = {"method": method.name, **_part_status(store, ctx, instance, part)}
                 done = [(m.name, p, s) for m, p, s, _ in parts if record.status[p]["status"] == "done"]
-                store.merge(done, spec.dataset, spec.model, spec.seed, spec.save_maps)
+                merge(store, done, spec.dataset, spec.model, spec.seed, spec.save_maps)
                 failed = {
                     p: i.get("traceback_file", "")
                     for p, i in record.status.items()

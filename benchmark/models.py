@@ -17,17 +17,20 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import artifacts
 from .adapter import ModelAdapter
-from .errors import UserError
+from .checkpoints import load_state, read_state_dict
+from .datasets import load_dataset
+from .errors import UserError, unknown_name
 from .io import cache_dir as resolve_cache_dir
 from .io import load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
+from .pretrained import is_timm_model, load_timm_model
 from .registry import MODELS
 from .removal import Removal
 from .seeding import derive_seed
-from .training import RESUMABLE, batches, train_epochs
+from .supervised import accuracy, supervised_epoch
+from .training import RESUMABLE, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -107,53 +110,8 @@ def _channel_stats(images_u8: torch.Tensor) -> Tuple[list, list]:
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
 
 
-def _random_keep(n: int, num_patches: int, g: torch.Generator) -> torch.Tensor:
-    """One random patch subset per row, all of one size k ~ U(1, P) (so tokens can be gathered)."""
-    k = int(torch.randint(1, num_patches + 1, (1,), generator=g))
-    idx = torch.rand(n, num_patches, generator=g).argsort(1)[:, :k]
-    return torch.zeros(n, num_patches, dtype=torch.bool).scatter_(1, idx, True)
-
-
-def removal_augmented_step(
-    adapter: ModelAdapter,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    removal: Removal,
-    removal_fraction: float,
-    g: torch.Generator,
-    opt,
-    sched,
-) -> Tuple[float, torch.Tensor]:
-    """One optimiser step of cross-entropy where the first ``removal_fraction`` of the batch has a
-    random patch subset removed (one size k ~ U(1, P) per step). Returns the loss and the logits."""
-    n_mask = int(round(removal_fraction * len(x)))
-    logits = adapter.logits(x[n_mask:])
-    if n_mask:
-        keep = _random_keep(n_mask, adapter.num_patches, g).to(x.device)
-        logits = torch.cat([adapter.masked_logits(x[:n_mask], keep, removal), logits])
-    loss = F.cross_entropy(logits, y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
-    return float(loss.detach()), logits.detach()
-
-
-def evaluate_accuracy(adapter: ModelAdapter, split, batch_size: int = 256) -> float:
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(split), batch_size):
-            idx = range(s, min(len(split), s + batch_size))
-            x = adapter.normalize(torch.stack([split[i].image for i in idx]))
-            y = torch.tensor([split[i].label for i in idx], device=adapter.device)
-            correct += int((adapter.logits(x).argmax(1) == y).sum())
-    return correct / max(1, len(split))
-
-
 def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.device, progress: bool) -> dict:
     """Train ``recipe`` on its dataset; write ``model.pt`` and ``meta.json`` into ``directory``."""
-    from .datasets import load_dataset
-
     opts = dict(recipe.dataset_options, seed=recipe.seed)
     train, val, test = (load_dataset(recipe.dataset, s, **opts) for s in ("train", "val", "test"))
     mean, std = _channel_stats(train.images)
@@ -169,29 +127,12 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
     )
 
     def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
-        total, seen, hits = 0.0, 0, 0
-        for idx in batches(len(train), recipe.batch_size, g):
-            x = adapter.normalize(train.images[idx].float() / 255.0)
-            y = train.labels[idx].to(device)
-            if recipe.flip:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                x = torch.where(flip.to(device)[:, None, None, None], x.flip(3), x)
-            loss, logits = removal_augmented_step(
-                adapter, x, y, removal, recipe.removal_fraction, g, opt, sched
-            )
-            n_mask = int(round(recipe.removal_fraction * len(idx)))
-            total += loss * len(idx)
-            seen += len(idx)
-            hits += int((logits[n_mask:].argmax(1) == y[n_mask:]).sum())
-            bar.step(loss)
+        row = supervised_epoch(
+            adapter, train, batch_size=recipe.batch_size, g=g, opt=opt, sched=sched, removal=removal,
+            removal_fraction=recipe.removal_fraction, flip=recipe.flip, bar=bar,
+        )  # fmt: skip
         model.eval()
-        val_acc = evaluate_accuracy(adapter, val)
-        return {
-            "loss": total / seen,
-            "train_acc_clean": hits / max(1, seen - n_mask * steps),
-            "val_acc": val_acc,
-            "lr": sched.get_last_lr()[0],
-        }
+        return {**row, "val_acc": accuracy(adapter, val)}
 
     start = time.time()
     train_epochs(
@@ -207,7 +148,7 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
         desc=f"training {recipe.arch} classifier",
         progress=progress,
     )
-    test_acc = evaluate_accuracy(adapter, test)
+    test_acc = accuracy(adapter, test)
     meta = {
         "recipe": asdict(recipe),
         "mean": mean,
@@ -215,7 +156,7 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
         "num_classes": train.num_classes,
         "classes": list(train.classes),
         "test_accuracy": test_acc,
-        "val_accuracy": evaluate_accuracy(adapter, val),
+        "val_accuracy": accuracy(adapter, val),
         "train_seconds": round(time.time() - start, 1),
         "weights_sha256": weights_fingerprint(model),
     }
@@ -251,13 +192,9 @@ def load_model(
     ``data`` is the split it will see, loaded here from ``dataset`` when not given)."""
     device = torch.device(device)
     if name.lower() not in MODELS:
-        from .pretrained import is_timm_model, load_timm_model
-
         if not is_timm_model(name):
             raise unknown_model(name)
         if data is None:
-            from .datasets import load_dataset
-
             data = load_dataset(
                 dataset,
                 "test",
@@ -335,9 +272,6 @@ def _recipe_with_weights(
 ) -> ModelAdapter:
     """The recipe's architecture with a user's checkpoint (no training; the input normalisation is
     the recipe's, computed from its training data)."""
-    from .checkpoints import load_state, read_state_dict
-    from .datasets import load_dataset
-
     train = load_dataset(recipe.dataset, "train", **dict(recipe.dataset_options, seed=recipe.seed))
     mean, std = _channel_stats(train.images)
     model = recipe.build(train.num_classes)
@@ -367,8 +301,6 @@ def _recipe_with_weights(
 
 
 def unknown_model(name: str) -> UserError:
-    from .errors import unknown_name
-
     err = unknown_name("model", name, MODELS.names())
     return UserError(f"{err}, or any timm model name (timm.list_models())")
 

@@ -37,11 +37,16 @@ import torch.nn as nn
 from . import artifacts
 from .adapter import ModelAdapter
 from .checkpoints import load_state, read_state_dict
+from .datasets import load_dataset
+from .datasets.folder import Preprocessing, attach_preprocessing
 from .errors import UserError
 from .io import cache_dir as resolve_cache_dir
 from .io import file_hash, load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
+from .loading import decoded
+from .removal import Removal
 from .seeding import derive_seed
-from .training import RESUMABLE
+from .supervised import accuracy, supervised_epoch
+from .training import RESUMABLE, train_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +203,7 @@ class FinetuneRecipe:
     seed: int = 0
     img_size: Optional[int] = None  # input size for models that take one (e.g. DINOv2 at 224, not 518)
     init_weights_sha256: Optional[str] = None  # --weights used as the starting point (None: timm's)
-    version: int = 1
+    version: int = 2  # 2: one supervised epoch shared with the recipes, decoded training images
 
     def create_kwargs(self) -> dict:
         return {"img_size": self.img_size} if self.img_size else {}
@@ -212,22 +217,6 @@ def finetune_pointer(cache_dir: Optional[str], model: str, dataset: str) -> Path
     return resolve_cache_dir(cache_dir) / "models" / f"finetuned-{_safe(dataset)}-{_safe(model)}.json"
 
 
-def _accuracy(adapter: ModelAdapter, split, batch_size: int) -> float:
-    from .datasets.folder import read_samples
-
-    correct = seen = 0
-    with torch.no_grad():
-        for s in range(0, len(split), batch_size):
-            samples = read_samples(split, range(s, min(len(split), s + batch_size)))
-            if not samples:
-                continue
-            x = adapter.normalize(torch.stack([smp.image for smp in samples]))
-            y = torch.tensor([smp.label for smp in samples], device=adapter.device)
-            correct += int((adapter.logits(x).argmax(1) == y).sum())
-            seen += len(samples)
-    return correct / max(1, seen)
-
-
 def finetune_classifier(
     recipe: FinetuneRecipe,
     *,
@@ -239,12 +228,6 @@ def finetune_classifier(
 ) -> Path:
     """Fine-tune ``recipe.model`` on ``recipe.dataset`` (cached, resumable); return the directory
     holding ``model.pt`` and ``meta.json``. The run then finds it by (model, dataset)."""
-    from .datasets import load_dataset
-    from .datasets.folder import attach_preprocessing, read_samples
-    from .models import removal_augmented_step
-    from .removal import Removal
-    from .training import batches, train_epochs
-
     device = torch.device(device)
     if weights:
         recipe = FinetuneRecipe(**{**asdict(recipe), "init_weights_sha256": file_hash(weights, 64)})
@@ -271,7 +254,7 @@ def finetune_classifier(
             model.reset_classifier(train.num_classes)
         model.to(device)
         adapter = _adapter(model, recipe.model, train, None, device)
-        attach_preprocessing(train, adapter)
+        images = decoded(attach_preprocessing(train, adapter))  # every epoch revisits them
         attach_preprocessing(val, adapter)
         head = model.get_classifier()
         head_ids = {id(p) for p in head.parameters()}
@@ -284,7 +267,7 @@ def finetune_classifier(
                 {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": recipe.lr}
             )
         opt = torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
-        steps = max(1, len(train) // recipe.batch_size) if len(train) >= recipe.batch_size else 1
+        steps = max(1, len(images) // recipe.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=[g["lr"] for g in groups], total_steps=recipe.epochs * steps, pct_start=0.1
         )
@@ -294,31 +277,12 @@ def finetune_classifier(
             if recipe.head_only:
                 model.eval()
                 head.train()
-            total = seen = hits = 0.0
-            for idx in batches(len(train), recipe.batch_size, g):
-                samples = read_samples(train, idx.tolist())
-                flips = torch.rand(len(idx), generator=g) < 0.5
-                if not samples:
-                    bar.step()
-                    continue
-                x = adapter.normalize(torch.stack([s.image for s in samples]))
-                y = torch.tensor([s.label for s in samples], device=device)
-                flip = flips[: len(samples)].to(device)[:, None, None, None]
-                x = torch.where(flip, x.flip(3), x)
-                loss, logits = removal_augmented_step(
-                    adapter, x, y, removal, recipe.removal_fraction, g, opt, sched
-                )
-                total += loss * len(samples)
-                seen += len(samples)
-                hits += int((logits.argmax(1) == y).sum())
-                bar.step(loss)
+            row = supervised_epoch(
+                adapter, images, batch_size=recipe.batch_size, g=g, opt=opt, sched=sched, removal=removal,
+                removal_fraction=recipe.removal_fraction, flip=True, bar=bar,
+            )  # fmt: skip
             model.eval()
-            return {
-                "loss": total / max(1, seen),
-                "train_acc": hits / max(1, seen),
-                "val_acc": _accuracy(adapter, val, recipe.batch_size),
-                "lr": sched.get_last_lr()[-1],
-            }
+            return {**row, "val_acc": accuracy(adapter, val, recipe.batch_size)}
 
         start = time.time()
         epochs_log = train_epochs(
@@ -370,8 +334,6 @@ def _adapter(
     model: nn.Module, name: str, data, class_indices: Optional[Sequence[int]], device: torch.device
 ) -> ModelAdapter:
     import timm
-
-    from .datasets.folder import Preprocessing
 
     config = timm.data.resolve_data_config({}, model=model)
     fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT built for another size

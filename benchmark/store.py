@@ -183,115 +183,114 @@ class RunStore:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return write_text(d / "error.txt", text)
 
-    # ------------------------------------------------------------------ merging (rank 0)
-    def status(self, part: str) -> Tuple[str, dict]:
-        """("done", infos of every shard) or ("failed", the first failure) over all ranks' shards."""
-        infos = []
-        for r in range(self.world):
-            d = self.shard_dir(part, r)
-            if (d / "error.txt").exists():
-                text = (d / "error.txt").read_text().strip().splitlines()
-                return "failed", {
-                    "reason": text[-1] if text else "failed",
-                    "traceback_file": str(d / "error.txt"),
-                }
-            if artifacts.verify(d) is not None:
-                return "failed", {"reason": f"rank {r} left no finished results in {d}"}
-            infos.append(artifacts.meta(d)["info"])
-        return "done", {"shards": infos}
-
-    def _read(self, part: str):
-        shards = [self.shard_dir(part, r) for r in range(self.world)]
-        scores = pd.concat([pd.read_csv(d / "scores.csv", dtype={"image_id": str}) for d in shards])
-        curves = pd.concat([pd.read_csv(d / "curves.csv") for d in shards])
-        states = [load_torch(d / "states.pt") for d in shards]
-        maps = [read_maps(d / "maps.npz") for d in shards]
-        return (
-            scores.sort_values("batch", kind="stable"),
-            curves.sort_values("batch", kind="stable"),
-            states,
-            maps,
-        )
-
-    def merge(
-        self,
-        entries: Sequence[Tuple[str, str, Optional[int]]],
-        dataset: str,
-        model: str,
-        seed: int,
-        all_maps: bool,
-    ) -> None:
-        """scores.csv, curves.csv, states.pt and maps/ from the finished parts ``entries``
-        (method, part, training seed or None), in that order; ``all_maps``: keep every map."""
-        frames, curve_frames, states = [], [], {}
-        seeds_of: Dict[str, List[Optional[int]]] = {}
-        for method, part, s in entries:
-            seeds_of.setdefault(method, []).append(s)
-        (self.dir / "maps").mkdir(exist_ok=True)
-        artifacts.clear(self.dir / "maps")
-        for method, part, s in entries:
-            scores, curves, shard_states, shard_maps = self._read(part)
-            scores = scores.drop(columns="batch")
-            scores.insert(0, "train_seed", pd.array([s] * len(scores), dtype="Int64"))
-            curves = _mean_curves(curves)
-            for frame in (scores, curves):
-                frame.insert(0, "method", method)
-                frame.insert(0, "model", model)
-                frame.insert(0, "dataset", dataset)
-            frames.append(scores)
-            curve_frames.append(curves)
-            part_states = _ordered_states(shard_states)
-            if len(seeds_of[method]) > 1:
-                for name, st in part_states.items():
-                    states.setdefault(method, {}).setdefault(name, {})[s] = st
-            else:
-                states[method] = part_states
-            self._write_maps(part, shard_maps, seed, all_maps)
-        scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
-        write_csv(self.dir / "scores.csv", scores[SCORE_COLUMNS])
-        curves = (
-            pd.concat(curve_frames, ignore_index=True)
-            if curve_frames
-            else pd.DataFrame(columns=CURVE_COLUMNS)
-        )
-        write_csv(self.dir / "curves.csv", _pool_seeds(curves))
-        save_torch(self.dir / "states.pt", states)
-
-    def _write_maps(self, part: str, shard_maps: List[MapFile], seed: int, all_maps: bool) -> None:
-        rows = [(b, k, i) for k, m in enumerate(shard_maps) for i, b in enumerate(m.meta.get("batches", []))]
-        rows.sort(key=lambda r: r[0])  # batch order, a stable sort keeps the order within a batch
-        ids = [shard_maps[k].ids[i] for _, k, i in rows]
-        maps = torch.stack([shard_maps[k].maps[i] for _, k, i in rows]) if rows else torch.empty(0, 1, 1)
-        targets = torch.stack([shard_maps[k].targets[i] for _, k, i in rows]) if rows else None
-        level = shard_maps[0].level
-        meta = {
-            k: v for k, v in shard_maps[0].meta.items() if k not in ("batches", "extra_batches", "format")
-        }
-        if all_maps:
-            full = MapFile(maps, ids, level, targets, meta)
-            extra = [
-                (b, m.extra_ids[i], m.extra_targets[i], m.extra_maps[i])
-                for m in shard_maps
-                for i, b in enumerate(m.meta.get("extra_batches", []))
-            ]
-            extra.sort(key=lambda e: e[0])
-            if extra:
-                full.extra_ids = [e[1] for e in extra]
-                full.extra_targets = torch.stack([e[2] for e in extra])
-                full.extra_maps = torch.stack([e[3] for e in extra])
-            write_maps(maps_path(self.dir, part), full)
-        keep = preview_ids(ids, seed)
-        rows = [i for i, image_id in enumerate(ids) if image_id in keep]
-        sample = MapFile(
-            maps[rows], [ids[i] for i in rows], level, None if targets is None else targets[rows], meta
-        )
-        write_maps(preview_path(self.dir, part), sample)
-
     def write_config(self, doc: dict) -> None:
         write_json(self.dir / "config.json", doc)
 
     def seal(self, status: str) -> None:
         seal_run(self.dir, {"run_key": self.key, "status": status})
+
+
+def part_status(store: RunStore, part: str) -> Tuple[str, dict]:
+    """("done", infos of every shard) or ("failed", the first failure) over all ranks' shards."""
+    infos = []
+    for r in range(store.world):
+        d = store.shard_dir(part, r)
+        if (d / "error.txt").exists():
+            text = (d / "error.txt").read_text().strip().splitlines()
+            return "failed", {
+                "reason": text[-1] if text else "failed",
+                "traceback_file": str(d / "error.txt"),
+            }
+        if artifacts.verify(d) is not None:
+            return "failed", {"reason": f"rank {r} left no finished results in {d}"}
+        infos.append(artifacts.meta(d)["info"])
+    return "done", {"shards": infos}
+
+
+def _read_part(store: RunStore, part: str):
+    shards = [store.shard_dir(part, r) for r in range(store.world)]
+    scores = pd.concat([pd.read_csv(d / "scores.csv", dtype={"image_id": str}) for d in shards])
+    curves = pd.concat([pd.read_csv(d / "curves.csv") for d in shards])
+    states = [load_torch(d / "states.pt") for d in shards]
+    maps = [read_maps(d / "maps.npz") for d in shards]
+    return (
+        scores.sort_values("batch", kind="stable"),
+        curves.sort_values("batch", kind="stable"),
+        states,
+        maps,
+    )
+
+
+def merge(
+    store: RunStore,
+    entries: Sequence[Tuple[str, str, Optional[int]]],
+    dataset: str,
+    model: str,
+    seed: int,
+    all_maps: bool,
+) -> None:
+    """scores.csv, curves.csv, states.pt and maps/ from the finished parts ``entries``
+    (method, part, training seed or None), in that order; ``all_maps``: keep every map."""
+    frames, curve_frames, states = [], [], {}
+    seeds_of: Dict[str, List[Optional[int]]] = {}
+    for method, part, s in entries:
+        seeds_of.setdefault(method, []).append(s)
+    (store.dir / "maps").mkdir(exist_ok=True)
+    artifacts.clear(store.dir / "maps")
+    for method, part, s in entries:
+        scores, curves, shard_states, shard_maps = _read_part(store, part)
+        scores = scores.drop(columns="batch")
+        scores.insert(0, "train_seed", pd.array([s] * len(scores), dtype="Int64"))
+        curves = _mean_curves(curves)
+        for frame in (scores, curves):
+            frame.insert(0, "method", method)
+            frame.insert(0, "model", model)
+            frame.insert(0, "dataset", dataset)
+        frames.append(scores)
+        curve_frames.append(curves)
+        part_states = _ordered_states(shard_states)
+        if len(seeds_of[method]) > 1:
+            for name, st in part_states.items():
+                states.setdefault(method, {}).setdefault(name, {})[s] = st
+        else:
+            states[method] = part_states
+        _write_maps(store, part, shard_maps, seed, all_maps)
+    scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCORE_COLUMNS)
+    write_csv(store.dir / "scores.csv", scores[SCORE_COLUMNS])
+    curves = (
+        pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    )
+    write_csv(store.dir / "curves.csv", _pool_seeds(curves))
+    save_torch(store.dir / "states.pt", states)
+
+
+def _write_maps(store: RunStore, part: str, shard_maps: List[MapFile], seed: int, all_maps: bool) -> None:
+    rows = [(b, k, i) for k, m in enumerate(shard_maps) for i, b in enumerate(m.meta.get("batches", []))]
+    rows.sort(key=lambda r: r[0])  # batch order, a stable sort keeps the order within a batch
+    ids = [shard_maps[k].ids[i] for _, k, i in rows]
+    maps = torch.stack([shard_maps[k].maps[i] for _, k, i in rows]) if rows else torch.empty(0, 1, 1)
+    targets = torch.stack([shard_maps[k].targets[i] for _, k, i in rows]) if rows else None
+    level = shard_maps[0].level
+    meta = {k: v for k, v in shard_maps[0].meta.items() if k not in ("batches", "extra_batches", "format")}
+    if all_maps:
+        full = MapFile(maps, ids, level, targets, meta)
+        extra = [
+            (b, m.extra_ids[i], m.extra_targets[i], m.extra_maps[i])
+            for m in shard_maps
+            for i, b in enumerate(m.meta.get("extra_batches", []))
+        ]
+        extra.sort(key=lambda e: e[0])
+        if extra:
+            full.extra_ids = [e[1] for e in extra]
+            full.extra_targets = torch.stack([e[2] for e in extra])
+            full.extra_maps = torch.stack([e[3] for e in extra])
+        write_maps(maps_path(store.dir, part), full)
+    keep = preview_ids(ids, seed)
+    rows = [i for i, image_id in enumerate(ids) if image_id in keep]
+    sample = MapFile(
+        maps[rows], [ids[i] for i in rows], level, None if targets is None else targets[rows], meta
+    )
+    write_maps(preview_path(store.dir, part), sample)
 
 
 def _mean_curves(curves: pd.DataFrame) -> pd.DataFrame:
