@@ -14,6 +14,7 @@ from typing import List
 import torch
 
 from xaibench.attribution import Attribution
+from xaibench.cost import Cost
 
 from .base import AttributionMethod, Requires, register_method
 
@@ -55,6 +56,9 @@ class AttentionRollout(AttributionMethod):
     requires = Requires(attention=True, vit=True)
     class_dependent = False  # attention probabilities of the forward pass only
 
+    def cost(self, shape):
+        return Cost(forwards=1)
+
     def attribute(self, adapter, x, target, *, ids, masks=None):
         with torch.no_grad(), adapter.record_attention() as rec:
             adapter.logits(x)
@@ -68,6 +72,9 @@ class LastLayerAttention(AttributionMethod):
     label = "Attn. last"
     requires = Requires(attention=True, vit=True)
     class_dependent = False  # attention probabilities of the forward pass only
+
+    def cost(self, shape):
+        return Cost(forwards=1)
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         with torch.no_grad(), adapter.record_attention() as rec:

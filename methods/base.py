@@ -24,17 +24,20 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence
 import torch
 
 from xaibench.attribution import Attribution
-from xaibench.errors import UserError
+from xaibench.cost import FORWARD_BACKWARD, Cost, Shape
+from xaibench.params import NoParams
+from xaibench.params import build as build_params
 from xaibench.registry import METHODS
 
 register_method = METHODS.register
 
-PRESETS = ("paper", "quick")
-
 
 @dataclass(frozen=True)
 class Requires:
-    """What a method needs; the harness skips a method whose needs the run cannot meet."""
+    """What a method needs. ``vit``, ``cnn``, ``attention`` and ``masks`` decide whether it can
+    run at all (:meth:`AttributionMethod.applies_to`: otherwise it is skipped with the reason);
+    ``training`` and ``distractors`` decide what the harness prepares (``fit`` on the training
+    split; a pool of training images); ``gradients`` is recorded for the reader."""
 
     gradients: bool = False  # backpropagates through the model
     attention: bool = False  # reads attention maps (ViT with timm Attention blocks)
@@ -65,13 +68,16 @@ class FitContext:
 
 class AttributionMethod:
     """Base class. Subclasses set ``name`` (by the decorator), ``label`` (display name),
-    ``requires``, ``defaults`` (the paper's settings) and ``presets`` (overrides, e.g. ``quick``),
-    and implement :meth:`attribute`."""
+    ``requires``, ``Params`` (a frozen dataclass whose defaults are the paper's settings,
+    validated in ``__post_init__``) and ``presets`` (the fields a preset such as ``quick``
+    changes), and implement :meth:`attribute` and :meth:`cost`. The optional hooks
+    (:meth:`fit`, :meth:`observe`, :meth:`report`, :meth:`metric_adapter`, :meth:`notes`) do
+    nothing unless a method needs them."""
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     requires: ClassVar[Requires] = Requires()
-    defaults: ClassVar[Dict[str, Any]] = {}
+    Params: ClassVar[type] = NoParams
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
     #: for methods that explain a model other than the classifier (COMET's own predictor)
     explains_own_model: ClassVar[bool] = False
@@ -83,21 +89,21 @@ class AttributionMethod:
     queries_model: ClassVar[bool] = True
 
     def __init__(self, preset: str = "paper", seed: int = 0, **params: Any) -> None:
-        if preset not in PRESETS:
-            raise UserError(f"unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise UserError(
-                f"method '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
-                f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}"
-            )
         self.preset = preset
         self.seed = seed
-        self.params: Dict[str, Any] = {**self.defaults, **self.presets.get(preset, {}), **params}
+        if hasattr(self, "defaults"):  # TODO(learned methods): move to Params like every other method
+            self.params = {**self.defaults, **self.presets.get(preset, {}), **params}
+            return
+        self.params = build_params(self.Params, self.presets, preset, params, f"method '{self.name}'")
 
     def settings(self) -> Dict[str, Any]:
         """Everything that determines the maps (recorded in the run's config)."""
-        return {"preset": self.preset, "seed": self.seed, **self.params}
+        values = self.params if isinstance(self.params, dict) else asdict(self.params)
+        return {"preset": self.preset, "seed": self.seed, **values}
+
+    def cost(self, shape: Shape) -> Cost:
+        """Passes through the model to explain one image (default: one forward and backward)."""
+        return FORWARD_BACKWARD
 
     def applies_to(self, adapter, has_masks: bool = True) -> Optional[str]:
         """None if the method can explain this model/dataset, else the reason it cannot."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from xaibench.attribution import Attribution
+from xaibench.cost import Cost
 
 from .base import AttributionMethod, Requires, register_method
 
@@ -66,5 +67,9 @@ class EigenCAM(_CAM):
     principal component (class-agnostic: the target does not change the map; no gradients)."""
 
     label = "EigenCAM"
+
+    def cost(self, shape):
+        return Cost(forwards=1)
+
     cam_class = "EigenCAM"
     class_dependent = False  # the principal component of the activations ignores the target

@@ -9,11 +9,14 @@ not depend on the budget (up to float summation order).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Tuple
 
 import torch
 
 from xaibench.attribution import Attribution
+from xaibench.cost import FORWARD_BACKWARD
+from xaibench.params import check
 from xaibench.seeding import generator
 
 from .base import AttributionMethod, Requires, register_method
@@ -67,15 +70,26 @@ class SmoothGrad(AttributionMethod):
 
     label = "SmoothGrad"
     requires = Requires(gradients=True)
-    defaults = {"n_samples": 50, "noise_level": 0.15}
+
+    @dataclass(frozen=True)
+    class Params:
+        n_samples: int = 50
+        noise_level: float = 0.15  # σ / (max x − min x)
+
+        def __post_init__(self):
+            check(self.n_samples >= 1 and self.noise_level >= 0, "needs n_samples ≥ 1 and noise_level ≥ 0")
+
     presets = {"quick": {"n_samples": 8}}
+
+    def cost(self, shape):
+        return self.params.n_samples * FORWARD_BACKWARD
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         from captum.attr import Saliency as CaptumSaliency
 
-        n = int(self.params["n_samples"])
+        n = self.params.n_samples
         B, shape = x.shape[0], x.shape[1:]
-        sigma = self.params["noise_level"] * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
+        sigma = self.params.noise_level * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
         gens = [generator(self.seed, i, "smoothgrad", device=x.device) for i in ids]
         saliency = CaptumSaliency(adapter.forward_fn())
         total = torch.zeros(B, *x.shape[2:], device=x.device)
@@ -107,8 +121,18 @@ class IntegratedGradients(AttributionMethod):
 
     label = "Integrated Gradients"
     requires = Requires(gradients=True)
-    defaults = {"n_steps": 50}
+
+    @dataclass(frozen=True)
+    class Params:
+        n_steps: int = 50
+
+        def __post_init__(self):
+            check(self.n_steps >= 1, "needs n_steps ≥ 1")
+
     presets = {"quick": {"n_steps": 16}}
+
+    def cost(self, shape):
+        return self.params.n_steps * FORWARD_BACKWARD
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         from captum.attr import IntegratedGradients as CaptumIG
@@ -120,7 +144,7 @@ class IntegratedGradients(AttributionMethod):
                 x[s],
                 baselines=torch.zeros_like(x[s]),
                 target=target[s],
-                n_steps=int(self.params["n_steps"]),
+                n_steps=self.params.n_steps,
                 internal_batch_size=rows,
             ).sum(1)
             for s in adapter.budget.slices(len(x), backward=True)

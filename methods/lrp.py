@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xaibench.attribution import Attribution
+from xaibench.cost import Cost
 from xaibench.errors import UserError
 
 from .attention import _explained_row
@@ -346,6 +347,9 @@ class LRP(AttributionMethod):
 
     label = "LRP"
     requires = Requires(gradients=True)
+
+    def cost(self, shape):
+        return Cost(forwards=1, backwards=2)  # the gradient of the attention maps, then the relevance pass
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         if adapter.is_vit:

@@ -42,12 +42,15 @@ its masks are early, coarse iterates of the optimisation (the result records the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from xaibench.attribution import Attribution
+from xaibench.cost import FORWARD_BACKWARD
 from xaibench.errors import UserError
+from xaibench.params import check
 from xaibench.removal import Removal
 from xaibench.seeding import generator
 
@@ -72,15 +75,26 @@ class MaskOptimisation(AttributionMethod):
 
     label = "Mask Opt."
     requires = Requires(gradients=True, distractors=True)
-    defaults = {
-        "steps": 2000,
-        "lr": 0.05,
-        "n_distractors": 10,
-        "upsample": 4,
-        "lambda_tv": 0.01,
-        "lambda_l1": 2e-5,
-    }
+
+    @dataclass(frozen=True)
+    class Params:
+        steps: int = 2000
+        lr: float = 0.05
+        n_distractors: int = 10
+        upsample: int = 4
+        lambda_tv: float = 0.01
+        lambda_l1: float = 2e-5
+
+        def __post_init__(self):
+            check(
+                min(self.steps, self.n_distractors, self.upsample) >= 1,
+                "needs steps, n_distractors, upsample ≥ 1",
+            )
+
     presets = {"quick": {"steps": 20, "n_distractors": 3}}
+
+    def cost(self, shape):
+        return self.params.steps * self.params.n_distractors * FORWARD_BACKWARD
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -95,7 +109,7 @@ class MaskOptimisation(AttributionMethod):
 
     def regulariser(self, M: torch.Tensor) -> torch.Tensor:
         """λ_TV·TV(M) + λ₁·‖M‖₁ per image of (B, H, W) masks."""
-        return self.params["lambda_tv"] * total_variation(M) + self.params["lambda_l1"] * M.flatten(1).sum(1)
+        return self.params.lambda_tv * total_variation(M) + self.params.lambda_l1 * M.flatten(1).sum(1)
 
     def _blend_probs(self, adapter, x1, target1, M1, bg) -> torch.Tensor:
         """p_a of one image ``x1`` (1, 3, H, W) pasted with mask ``M1`` (1, H, W) on ``bg`` (n, 3, H, W)."""
@@ -147,15 +161,7 @@ class MaskOptimisation(AttributionMethod):
                 "mask_optimisation has no distractor images: call fit() first (the harness does, "
                 "with the run's distractor pool)"
             )
-        steps, D, s = (
-            int(self.params["steps"]),
-            int(self.params["n_distractors"]),
-            int(self.params["upsample"]),
-        )
-        if steps < 1 or D < 1 or s < 1:
-            raise UserError(
-                f"mask_optimisation: need steps, n_distractors, upsample ≥ 1; got {steps}, {D}, {s}"
-            )
+        steps, D, s = self.params.steps, self.params.n_distractors, self.params.upsample
         B, _, H, W = x.shape
         pool = self.distractors.to(x.device)
         x = x.detach()
@@ -166,7 +172,7 @@ class MaskOptimisation(AttributionMethod):
             for b, image_id in enumerate(ids):
                 g = generator(self.seed, image_id, "maskopt", device=x.device)
                 w = torch.zeros(1, math.ceil(H / s), math.ceil(W / s), device=x.device, requires_grad=True)
-                opt = torch.optim.Adam([w], lr=float(self.params["lr"]))
+                opt = torch.optim.Adam([w], lr=self.params.lr)
                 for step in range(steps):
                     picks = torch.randint(0, len(pool), (D,), generator=g, device=x.device)
                     loss, w.grad = self._loss_and_grad(adapter, x[b : b + 1], target[b], w, pool[picks])

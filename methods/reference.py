@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from xaibench.attribution import Attribution
+from xaibench.cost import FREE
 from xaibench.seeding import generator
 
 from .base import AttributionMethod, Requires, register_method
@@ -17,6 +18,9 @@ class Random(AttributionMethod):
     label = "Random"
     queries_model = False
     class_dependent = False  # seeded by image id only
+
+    def cost(self, shape):
+        return FREE
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         maps = torch.stack(
@@ -33,6 +37,9 @@ class Oracle(AttributionMethod):
     queries_model = False
     requires = Requires(masks=True)
     class_dependent = False  # the object mask, whatever the class
+
+    def cost(self, shape):
+        return FREE
 
     def attribute(self, adapter, x, target, *, ids, masks=None):
         if masks is None:

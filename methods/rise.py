@@ -49,12 +49,15 @@ noise however many masks are drawn. The leaderboard prints this caveat (:meth:`R
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from xaibench.attribution import Attribution
+from xaibench.cost import Cost
 from xaibench.errors import UserError
+from xaibench.params import check
 from xaibench.seeding import generator
 
 from .base import AttributionMethod, register_method
@@ -111,17 +114,47 @@ class RISE(AttributionMethod):
     """Petsiuk et al. 2018: Σ p_c(masked x) · mask / (N·p) over random masks (see the module docs)."""
 
     label = "RISE"
-    defaults = {"n_masks": 4000, "s": 8, "p": 0.5, "mode": "auto", "sampling": "independent"}
+
+    @dataclass(frozen=True)
+    class Params:
+        n_masks: int = 4000
+        s: int = 8
+        p: float = 0.5
+        mode: str = "auto"
+        sampling: str = "independent"
+
+        def __post_init__(self):
+            check(
+                self.n_masks >= 1 and self.s >= 1 and 0 < self.p <= 1,
+                "needs n_masks ≥ 1, s ≥ 1 and 0 < p ≤ 1",
+            )
+            check(self.mode in MODES, f"unknown mode '{self.mode}'. Valid modes: {', '.join(MODES)}")
+            check(
+                self.sampling in SAMPLINGS,
+                f"unknown sampling '{self.sampling}'. Valid: {', '.join(SAMPLINGS)}",
+            )
+            check(
+                self.sampling != "paired" or self.p == 0.5,
+                f"sampling 'paired' needs p = 0.5 (a complement 1 − m keeps each part with probability "
+                f"1 − p); got p={self.p}: use sampling 'independent'",
+            )
+
     presets = {"quick": {"n_masks": QUICK_MASKS, "sampling": "paired"}}
+
+    def cost(self, shape):
+        kept = (
+            shape.kept(shape.num_patches * self.params.p)
+            if shape.is_vit and self.params.mode != "pixel"
+            else 1.0
+        )
+        return Cost(forwards=1 + self.params.n_masks * kept)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._memo = None  # the last batch's maps for its target and top-2 classes (see attribute)
 
     def _mode(self, adapter) -> str:
-        mode = self.params["mode"]
-        if mode not in MODES:
-            raise UserError(f"rise: unknown mode '{mode}'. Valid modes: {', '.join(MODES)}")
+        mode = self.params.mode
         if mode == "auto":
             return "patch" if adapter.is_vit else "pixel"
         if mode == "patch" and not adapter.is_vit:
@@ -129,18 +162,7 @@ class RISE(AttributionMethod):
         return mode
 
     def _check(self):
-        n, s, p = int(self.params["n_masks"]), int(self.params["s"]), float(self.params["p"])
-        sampling = self.params["sampling"]
-        if n < 1 or s < 1 or not 0 < p <= 1:
-            raise UserError(f"rise: need n_masks ≥ 1, s ≥ 1 and 0 < p ≤ 1; got n_masks={n}, s={s}, p={p}")
-        if sampling not in SAMPLINGS:
-            raise UserError(f"rise: unknown sampling '{sampling}'. Valid: {', '.join(SAMPLINGS)}")
-        if sampling == "paired" and p != 0.5:
-            raise UserError(
-                f"rise: sampling 'paired' needs p = 0.5 (a complement 1 − m keeps each part with "
-                f"probability 1 − p); got p={p}: use sampling 'independent'"
-            )
-        return n, s, p, sampling
+        return self.params.n_masks, self.params.s, self.params.p, self.params.sampling
 
     def _memo_key(self, adapter, x, ids):
         versions = sum(t._version for t in adapter.model.parameters())  # in-place weight updates
@@ -205,7 +227,7 @@ class RISE(AttributionMethod):
         return sal / (n * p)
 
     def notes(self):
-        sampling, n = self.params["sampling"], int(self.params["n_masks"])
+        sampling, n = self.params.sampling, self.params.n_masks
         caveat = (
             "only ~12 of the 64 patches change the tiny ViT's prediction detectably; the others have "
             "equal true RISE values, so their order is seed noise at any number of masks: read RISE "

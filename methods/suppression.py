@@ -22,11 +22,14 @@ per image.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from xaibench.attribution import Attribution
-from xaibench.errors import UserError
+from xaibench.cost import FORWARD_BACKWARD
+from xaibench.params import check
 from xaibench.seeding import generator
 
 from .base import AttributionMethod, Requires, register_method
@@ -64,15 +67,23 @@ class FeatureSuppression(AttributionMethod):
 
     label = "Feature Suppression"
     requires = Requires(gradients=True)
-    defaults = {"n_samples": 200, "prob": 0.6, "constant": 1e-8}
+
+    @dataclass(frozen=True)
+    class Params:
+        n_samples: int = 200
+        prob: float = 0.6
+        constant: float = 1e-8
+
+        def __post_init__(self):
+            check(self.n_samples >= 1 and 0 <= self.prob <= 1, "needs n_samples ≥ 1 and 0 ≤ prob ≤ 1")
+
     presets = {"quick": {"n_samples": 16}}
 
+    def cost(self, shape):
+        return self.params.n_samples * FORWARD_BACKWARD
+
     def attribute(self, adapter, x, target, *, ids, masks=None):
-        K, prob, C = int(self.params["n_samples"]), float(self.params["prob"]), float(self.params["constant"])
-        if K < 1 or not 0 <= prob <= 1:
-            raise UserError(
-                f"feature_suppression: need n_samples ≥ 1 and 0 ≤ prob ≤ 1; got n_samples={K}, prob={prob}"
-            )
+        K, prob, C = self.params.n_samples, self.params.prob, self.params.constant
         B, _, H, W = x.shape
         N = H * W
         gens = [generator(self.seed, i, "suppression", device=x.device) for i in ids]

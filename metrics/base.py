@@ -13,18 +13,20 @@ bootstrap over images).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from xaibench.attribution import Attribution
 from xaibench.batch import Batch
+from xaibench.cost import FREE, Cost, Shape
 from xaibench.errors import UserError
+from xaibench.params import NoParams
+from xaibench.params import build as build_params
 from xaibench.registry import METRICS
 from xaibench.removal import Removal
 
-PRESETS = ("paper", "quick")
 UP, DOWN = "up", "down"
 
 
@@ -52,6 +54,12 @@ class EvalContext:
     cardinalities: Optional[int | Sequence[int]] = None
     n_masks: Optional[int] = None
     distractors: Optional[torch.Tensor] = None  # pool of normalised training images (distractor removal)
+
+    def removal_cost(self, shape: Shape, kept: torch.Tensor) -> Cost:
+        """Forwards of masked inputs keeping ``kept`` patches each (a tensor of counts)."""
+        if self.removal.strategy == "drop":
+            return Cost(forwards=float(sum(shape.kept(float(k)) for k in kept)))
+        return Cost(forwards=float(len(kept) * self.removal.draws))
 
     def ks(self, n_patches: int, default: Optional[int | Sequence[int]] = None) -> torch.Tensor:
         """The cardinalities evaluated: every k in 1..N (``"all"`` or None), ``count`` evenly spaced
@@ -94,23 +102,20 @@ class Metric:
     dataset_level: ClassVar[bool] = False
     #: scores computed on a seeded sample of the images (NaN elsewhere, not a failure)
     sampled: ClassVar[bool] = False
-    defaults: ClassVar[Dict[str, Any]] = {}
+    Params: ClassVar[type] = NoParams
     presets: ClassVar[Dict[str, Dict[str, Any]]] = {}
 
     def __init__(self, preset: str = "paper", **params: Any) -> None:
-        if preset not in PRESETS:
-            raise UserError(f"unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise UserError(
-                f"metric '{self.name}' has no parameter(s) {', '.join(sorted(unknown))}. "
-                f"Valid: {', '.join(sorted(self.defaults)) or '(none)'}"
-            )
         self.preset = preset
-        self.params: Dict[str, Any] = {**self.defaults, **self.presets.get(preset, {}), **params}
+        self.params = build_params(self.Params, self.presets, preset, params, f"metric '{self.name}'")
 
     def settings(self) -> Dict[str, Any]:
-        return {"preset": self.preset, **self.params}
+        return {"preset": self.preset, **asdict(self.params)}
+
+    def cost(self, shape: Shape, ctx: "EvalContext", method) -> Cost:
+        """Passes through the model to score one image's map of ``method`` (re-explanations
+        included, counted with the method's own cost). Default: none."""
+        return FREE
 
     def applies(self, adapter, has_masks: bool) -> Optional[str]:
         """None if the metric can run on this model and dataset, else the reason it cannot."""

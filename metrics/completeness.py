@@ -29,9 +29,14 @@ The ``quick`` preset uses 1 distractor draw per input instead of 10.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Tuple
+
 import torch
 
+from xaibench.cost import FREE, Cost
 from xaibench.errors import UserError
+from xaibench.params import check
 from xaibench.removal import Removal
 
 from .base import UP, Metric, MetricResult, register_metric
@@ -63,22 +68,39 @@ class CompletenessSoundness(Metric):
         "cs_score_a1": "CS-score(a1)",
         "cs_score_a2": "CS-score(a2)",
     }
-    needs_second_label = True
     needs_distractors = True
-    defaults = {
-        "fractions": (0.2, 0.3, 0.4, 0.5, 0.6),
-        "eps1": 0.0,
-        "eps2": 0.1,
-        "removal": "distractor",
-        "n_draws": 10,
-        "labels": "worst",
-    }
+
+    @dataclass(frozen=True)
+    class Params:
+        fractions: Tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)
+        eps1: float = 0.0
+        eps2: float = 0.1
+        removal: str = "distractor"
+        n_draws: int = 10
+        labels: str = "worst"
+
+        def __post_init__(self):
+            check(
+                self.removal in STRATEGIES,
+                f"removal '{self.removal}' is not valid. Valid: {', '.join(STRATEGIES)}",
+            )
+            check(
+                self.labels in ("worst", "mean"),
+                f"labels rule '{self.labels}' is not valid. Valid: worst, mean",
+            )
+            check(
+                self.n_draws >= 1 and all(0 < s <= 1 for s in self.fractions), "needs n_draws ≥ 1, 0 < s ≤ 1"
+            )
+
     presets = {"quick": {"n_draws": 1}}
 
+    def cost(self, shape, ctx, method):
+        draws = self.params.n_draws if self.params.removal == "distractor" else 1
+        masked = Cost(forwards=2 * len(self.params.fractions) * draws)  # two labels
+        return masked + (method.cost(shape) if method.class_dependent else FREE)  # the second label explained
+
     def removal(self, ctx) -> Removal:
-        strategy = self.params["removal"]
-        if strategy not in STRATEGIES:
-            raise UserError(f"completeness removal '{strategy}' is not valid. Valid: {', '.join(STRATEGIES)}")
+        strategy = self.params.removal
         pool = None
         if strategy == "distractor":
             pool = ctx.distractors if ctx.distractors is not None else ctx.removal.distractors
@@ -87,14 +109,12 @@ class CompletenessSoundness(Metric):
                     "completeness with removal 'distractor' needs a pool of training images "
                     "(EvalContext.distractors)"
                 )
-        return Removal(strategy, n_draws=int(self.params["n_draws"]), seed=ctx.seed, distractors=pool)
+        return Removal(strategy, n_draws=self.params.n_draws, seed=ctx.seed, distractors=pool)
 
     def compute(self, ctx, batch, attribution, explain=None):
         removal = self.removal(ctx)
-        rule = self.params["labels"]
-        if rule not in ("worst", "mean"):
-            raise UserError(f"completeness labels rule '{rule}' is not valid. Valid: worst, mean")
-        fractions = [float(s) for s in self.params["fractions"]]
+        rule = self.params.labels
+        fractions = list(self.params.fractions)
         top2 = batch.probs.topk(2, dim=1)
         labels = top2.indices.T.to(batch.x.device)  # (2, B): a1, a2
         p_clean = top2.values.T.to(batch.x.device)  # (2, B)
@@ -111,8 +131,8 @@ class CompletenessSoundness(Metric):
             score, _ = top_fraction_scores(
                 ctx.adapter, batch.x, maps, a, batch.ids, removal, fractions, ctx.seed
             )
-            complete.append(score >= (1 - float(self.params["eps1"])) * p_clean[j])
-            sound.append(score <= (1 + float(self.params["eps2"])) * p_clean[j])
+            complete.append(score >= (1 - self.params.eps1) * p_clean[j])
+            sound.append(score <= (1 + self.params.eps2) * p_clean[j])
             raw.append(score)
         if rule == "worst":
             comp, snd = (complete[0] & complete[1]).float(), (sound[0] & sound[1]).float()

@@ -12,9 +12,13 @@ patch (patch-pooled map) for ``drop``, which can only remove whole tokens (``uni
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Tuple
+
 import torch
 
 from xaibench.errors import UserError
+from xaibench.params import check
 
 from .base import DOWN, Metric, MetricResult, register_metric
 from .engine import removal_probs
@@ -42,13 +46,22 @@ class Fidelity(Metric):
     directions = {"fidelity_05": DOWN, "fidelity_10": DOWN, "fidelity_20": DOWN}
     category = "faithfulness"
     labels = {"fidelity_05": "Fid@5%", "fidelity_10": "Fid@10%", "fidelity_20": "Fid@20%"}
-    needs_removal = True
-    defaults = {"fractions": (0.05, 0.1, 0.2), "unit": "auto"}
+
+    @dataclass(frozen=True)
+    class Params:
+        fractions: Tuple[float, ...] = (0.05, 0.1, 0.2)
+        unit: str = "auto"
+
+        def __post_init__(self):
+            check(self.unit in UNITS, f"unit '{self.unit}' is not valid. Valid units: {', '.join(UNITS)}")
+            check(all(0 < f < 1 for f in self.fractions), "fractions must lie in (0, 1)")
+
+    def cost(self, shape, ctx, method):
+        kept = torch.tensor([shape.num_patches * (1 - f) for f in self.params.fractions])
+        return ctx.removal_cost(shape, kept)
 
     def compute(self, ctx, batch, attribution, explain=None):
-        unit = self.params["unit"]
-        if unit not in UNITS:
-            raise UserError(f"fidelity unit '{unit}' is not valid. Valid units: {', '.join(UNITS)}")
+        unit = self.params.unit
         if unit == "auto":
             unit = "patch" if ctx.removal.strategy == "drop" else "pixel"
         if unit == "pixel" and ctx.removal.strategy == "drop":
@@ -56,7 +69,7 @@ class Fidelity(Metric):
                 "fidelity unit 'pixel' cannot use removal 'drop' (it removes whole patches): "
                 "use unit patch or removal mean, blur or distractor"
             )
-        fractions = [float(f) for f in self.params["fractions"]]
+        fractions = list(self.params.fractions)
         if unit == "patch":
             maps, shape = attribution.patch_scores(ctx.adapter.grid), None
         else:

@@ -10,7 +10,11 @@ leaderboard column (it needs Integrated Gradients in the same run), built from t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from xaibench.params import check
 
 from .base import UP, Metric, MetricResult, register_metric
 from .ranking import minmax, pixel_maps
@@ -38,9 +42,15 @@ class MutualInformation(Metric):
     category = "localisation"
     labels = {"mi": "MI"}
     needs_masks = True
-    defaults = {"n_bins": 20}
+
+    @dataclass(frozen=True)
+    class Params:
+        n_bins: int = 20
+
+        def __post_init__(self):
+            check(self.n_bins >= 2, "needs n_bins ≥ 2")
 
     def compute(self, ctx, batch, attribution, explain=None):
         masks = batch.masks.flatten(1).bool()
         maps = pixel_maps(attribution, batch.masks.shape[-2:]).to(masks.device)
-        return MetricResult(scores={"mi": binned_mutual_information(maps, masks, int(self.params["n_bins"]))})
+        return MetricResult(scores={"mi": binned_mutual_information(maps, masks, self.params.n_bins)})

@@ -13,6 +13,9 @@ run's ``--cardinalities`` overrides either preset. ``settings()`` records the ch
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 from .base import DOWN, UP, Metric, MetricResult, register_metric
@@ -35,12 +38,20 @@ class InsertionMetrics(Metric):
     category = "faithfulness"
     labels = {"mif": "MIF", "lif": "LIF", "srg": "SRG"}
     needs_removal = True
-    defaults = {"cardinalities": None}  # None = every k = 1..N (Algorithm 1)
+
+    @dataclass(frozen=True)
+    class Params:
+        cardinalities: Optional[int] = None  # None = every k = 1..N (Algorithm 1); a count: evenly spaced k
+
     presets = {"quick": {"cardinalities": 8}}
+
+    def cost(self, shape, ctx, method):
+        ks = ctx.ks(shape.num_patches, self.params.cardinalities)
+        return 2 * ctx.removal_cost(shape, ks)  # most and least relevant first
 
     def compute(self, ctx, batch, attribution, explain=None):
         n = ctx.adapter.num_patches
-        ks = ctx.ks(n, self.params["cardinalities"])
+        ks = ctx.ks(n, self.params.cardinalities)
         scores = attribution.patch_scores(ctx.adapter.grid).to(batch.x.device)
         mif, lif = insertion_curves(
             ctx.adapter, batch.x, scores, batch.targets, batch.ids, ctx.removal, ks, ctx.seed

@@ -11,7 +11,11 @@ An empty mask gives NaN.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from xaibench.params import check
 
 from .base import UP, Metric, MetricResult, register_metric
 from .ranking import minmax, pixel_maps
@@ -38,10 +42,16 @@ class IoUAUC(Metric):
     category = "localisation"
     labels = {"iou_auc": "IoU-AUC"}
     needs_masks = True
-    defaults = {"n_thresholds": 100}
+
+    @dataclass(frozen=True)
+    class Params:
+        n_thresholds: int = 100
+
+        def __post_init__(self):
+            check(self.n_thresholds >= 1, "needs n_thresholds ≥ 1")
 
     def compute(self, ctx, batch, attribution, explain=None):
         masks = batch.masks.flatten(1).bool()
         maps = pixel_maps(attribution, batch.masks.shape[-2:]).to(masks.device)
-        taus, iou = iou_curve(maps, masks, int(self.params["n_thresholds"]))
+        taus, iou = iou_curve(maps, masks, self.params.n_thresholds)
         return MetricResult(scores={"iou_auc": 100 * iou.mean(1)}, curves={"iou_auc": (taus, 100 * iou)})

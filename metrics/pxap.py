@@ -20,8 +20,12 @@ set of states (streamable; bootstrappable over images). COMET's own 20-threshold
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+from xaibench.params import check
 
 from .base import UP, Metric, MetricResult, register_metric
 from .ranking import minmax, pixel_maps
@@ -69,12 +73,18 @@ class PixelAveragePrecision(Metric):
     labels = {"pxap": "PxAP"}
     needs_masks = True
     dataset_level = True
-    defaults = {"n_thresholds": 1000}
+
+    @dataclass(frozen=True)
+    class Params:
+        n_thresholds: int = 1000
+
+        def __post_init__(self):
+            check(self.n_thresholds >= 1, "needs n_thresholds ≥ 1")
 
     def compute(self, ctx, batch, attribution, explain=None):
         masks = batch.masks.flatten(1).bool()
         maps = pixel_maps(attribution, batch.masks.shape[-2:]).to(masks.device)
-        return MetricResult(states={"pxap": pxap_histograms(maps, masks, int(self.params["n_thresholds"]))})
+        return MetricResult(states={"pxap": pxap_histograms(maps, masks, self.params.n_thresholds)})
 
     def aggregate(self, name, states):
         return pxap_from_histograms(states)

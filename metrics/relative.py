@@ -16,9 +16,13 @@ spaced k and 2 masks per k (unbiased, noisier: 21 forwards per image instead of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
 from xaibench.errors import UserError
+from xaibench.params import check
 
 from .base import DOWN, UP, Metric, MetricResult, register_metric
 from .engine import removal_probs
@@ -58,13 +62,29 @@ class RelativeInsertionMetrics(Metric):
     category = "faithfulness"
     labels = {"r_mif": "R-MIF", "r_lif": "R-LIF", "r_srg": "R-SRG"}
     needs_removal = True
-    defaults = {"cardinalities": None, "n_masks": 128}
+
+    @dataclass(frozen=True)
+    class Params:
+        cardinalities: Optional[int] = None  # None = every k = 1..N (Algorithm 2); a count: evenly spaced k
+        n_masks: int = 128
+
+        def __post_init__(self):
+            check(self.n_masks >= 1, "needs n_masks ≥ 1")
+
     presets = {"quick": {"cardinalities": 6, "n_masks": 2}}
+
+    def cost(self, shape, ctx, method):
+        ks = ctx.ks(shape.num_patches, self.params.cardinalities)
+        sampled = ks[ks < shape.num_patches]
+        per_k = 2 * (ctx.n_masks or self.params.n_masks)  # R-MIF and R-LIF
+        return per_k * ctx.removal_cost(shape, sampled) + ctx.removal_cost(
+            shape, torch.tensor([shape.num_patches])
+        )
 
     def compute(self, ctx, batch, attribution, explain=None):
         n = ctx.adapter.num_patches
-        ks = ctx.ks(n, self.params["cardinalities"])
-        n_masks = int(ctx.n_masks or self.params["n_masks"])
+        ks = ctx.ks(n, self.params.cardinalities)
+        n_masks = int(ctx.n_masks or self.params.n_masks)
         if n_masks < 1:
             raise UserError(f"n_masks must be ≥ 1, got {n_masks}")
         scores = attribution.patch_scores(ctx.adapter.grid).to(batch.x.device)

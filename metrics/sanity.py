@@ -22,12 +22,15 @@ std 0.02 for a ViT's position embeddings and prefix tokens), seeded by the run's
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Dict, List
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from xaibench.cost import FREE
+from xaibench.params import check
 from xaibench.seeding import derive_seed
 
 from .base import Metric, MetricResult, register_metric
@@ -99,15 +102,25 @@ class ModelRandomisation(Metric):
     labels = {"rand_top": "Rand. top", "rand_all": "Rand. all"}
     category = "sanity"
     #: share of the images checked (each image in or out by a hash of the seed and its id)
-    defaults = {"fraction": 1.0}
+
+    @dataclass(frozen=True)
+    class Params:
+        fraction: float = 1.0
+
+        def __post_init__(self):
+            check(0 < self.fraction <= 1, "fraction must lie in (0, 1]")
+
     presets = {"quick": {"fraction": 0.25}}
+
+    def cost(self, shape, ctx, method):
+        return (2 * self.params.fraction) * method.cost(shape) if method.queries_model else FREE
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._models: Dict[tuple, object] = {}
 
     def sample(self, ids, seed: int) -> torch.Tensor:
-        cut = float(self.params["fraction"]) * 2**63
+        cut = self.params.fraction * 2**63
         return torch.tensor([derive_seed(seed, "randomisation-sample", i) < cut for i in ids])
 
     def compute(self, ctx, batch, attribution, explain=None):
