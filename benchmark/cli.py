@@ -101,6 +101,7 @@ def _add_run_parser(sub, parents) -> None:
         "--train-seeds", type=int, default=1, help="training seeds of each learned method (pooled)"
     )
     p.add_argument("--save-maps", action="store_true", help="keep every method's maps (maps/<method>.npz)")
+    p.add_argument("--dry-run", action="store_true", help="print what the run would cost, and stop")
     p = sub.add_parser(
         "evaluate",
         parents=parents,
@@ -292,6 +293,11 @@ def _run_config(args, **override):
 def cmd_run(args) -> int:
     from .harness import execute
 
+    if args.dry_run:
+        from .harness import dry_run
+
+        print(dry_run(_run_config(args)))
+        return 0
     outcome = execute(_run_config(args))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one rank speaks
         print(outcome.leaderboard_markdown, end="")

@@ -17,19 +17,22 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import torch
 
-from . import __version__
+from . import __version__, estimate
 from .context import RunContext, load_context, n_batches
+from .cost import Shape
 from .distributed import setup as setup_distributed
 from .errors import UserError
 from .identity import run_identity
 from .io import cache_dir, stable_hash
 from .log import bars_and_logs
+from .models import architecture
 from .preflight import preflight
-from .registry import METHODS, METRICS, load_plugin
+from .registry import DATASETS, METHODS, METRICS, load_plugin
 from .scoring import score_method
 from .spec import RunConfig, RunSpec, resolve
 from .store import RunStore, merge, open_store, part_status, preview_ids
@@ -223,6 +226,8 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
                 n_masks=spec.n_masks,
                 distractors=ctx.distractors,
             )
+            if dist.main:
+                log.info(cost_table(spec, ctx.adapter, methods, active, eval_ctx, len(ctx.indices), ctx))
             record = _Record(spec, ctx, identity, methods, metrics, metric_status, run_id)
             if dist.main:
                 store.write_config(record.document("running"))
@@ -264,6 +269,50 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
     for part, path in outcome.failed.items():
         log.error(f"{part} failed: traceback in {path}")
     return outcome
+
+
+def cost_table(spec: RunSpec, adapter, methods, metrics, eval_ctx, n_images: int, ctx=None) -> str:
+    """What the run will cost (see :mod:`xaibench.estimate`)."""
+    shape = Shape.of(adapter)
+    if ctx is not None and ctx.load_split is not None and any(m.requires.training for m in methods):
+        n_train = len(ctx.split("train"))
+    else:
+        n_train = (getattr(DATASETS.get(spec.dataset), "sizes", {}) or {}).get("train", 0)
+    table = estimate.lines(methods, metrics, shape, eval_ctx, n_train, spec.train_seeds)
+    rate = estimate.inputs_per_second(adapter)
+    where = f"{adapter.device}, {torch.get_num_threads()} threads"
+    return "cost of this run:\n" + estimate.describe(table, n_images, rate, where)
+
+
+def dry_run(config: RunConfig) -> str:
+    """The cost table of ``config`` without loading data or weights (the architecture is built
+    untrained, only to measure its speed)."""
+    from xaibench.metrics import EvalContext
+
+    for module in config.plugins:
+        load_plugin(module)
+    spec = resolve(config)
+    methods, metrics = instances(spec)
+    adapter = architecture(spec)
+    strategy = spec.removal if spec.removal != "auto" else ("drop" if adapter.is_vit else "mean")
+    removal = SimpleNamespace(strategy=strategy, draws=spec.n_draws if strategy == "distractor" else 1)
+    eval_ctx = EvalContext(
+        adapter, removal, seed=spec.seed, cardinalities=spec.cardinalities, n_masks=spec.n_masks
+    )
+    sizes = getattr(DATASETS.get(spec.dataset), "sizes", {}) or {}
+    n_images = spec.n_images or sizes.get(spec.split)
+    if n_images is None:
+        raise UserError(f"--dry-run needs --n-images: dataset '{spec.dataset}' does not declare its size")
+    if spec.n_images and spec.split in sizes:
+        n_images = min(n_images, sizes[spec.split])
+    active = [
+        m
+        for m in metrics
+        if m.applies(adapter, getattr(DATASETS.get(spec.dataset), "has_masks", True)) is None
+    ]
+    return cost_table(
+        spec, adapter, [m for m in methods if m.applies_to(adapter) is None], active, eval_ctx, n_images
+    )
 
 
 class _Record:

@@ -307,3 +307,25 @@ def unknown_model(name: str) -> UserError:
 
 def list_models(pattern: str = "*"):
     return MODELS.names(pattern)
+
+
+def architecture(spec) -> ModelAdapter:
+    """An untrained model of ``spec.model`` with its input size and normalisation, for estimating
+    costs without data or weights."""
+    import timm
+
+    from .datasets import SPLITS  # noqa: F401  (the dataset registry, for the class count)
+    from .registry import DATASETS
+
+    classes = getattr(DATASETS.get(spec.dataset), "classes", None) or range(10)
+    if spec.model in MODELS:
+        recipe: ClassifierRecipe = MODELS.get(spec.model)()
+        model, mean, std, size = recipe.build(len(classes)), [0.5] * 3, [0.25] * 3, recipe.input_size
+    else:
+        model = timm.create_model(spec.model, pretrained=False)
+        config = timm.data.resolve_data_config({}, model=model)
+        mean, std, size = config["mean"], config["std"], tuple(config["input_size"][-2:])
+    adapter = ModelAdapter(model, mean=mean, std=std, input_size=size, device=spec.device, name=spec.model)
+    if spec.chunk_size:
+        adapter.chunk_size = spec.chunk_size
+    return adapter

@@ -52,7 +52,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
-def build(params: type, presets: Mapping[str, Dict[str, Any]], preset: str, overrides: Dict[str, Any], owner: str):
+def build(
+    params: type, presets: Mapping[str, Dict[str, Any]], preset: str, overrides: Dict[str, Any], owner: str
+):
     """The ``params`` dataclass with the ``preset``'s values and ``overrides`` applied, checked."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
@@ -60,7 +62,9 @@ def build(params: type, presets: Mapping[str, Dict[str, Any]], preset: str, over
     names = [f.name for f in dataclasses.fields(params)]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise UserError(f"{owner} has no parameter(s) {', '.join(unknown)}. Valid: {', '.join(names) or '(none)'}")
+        raise UserError(
+            f"{owner} has no parameter(s) {', '.join(unknown)}. Valid: {', '.join(names) or '(none)'}"
+        )
     values = {**presets.get(preset, {}), **overrides}
     typed = {k: _coerce(v, hints[k], f"{owner}: {k}") for k, v in values.items()}
     try:

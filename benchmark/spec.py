@@ -77,6 +77,7 @@ class RunConfig:
     train_seeds: int = 1
     save_maps: bool = False
     threads: Optional[int] = None  # torch threads (default: torch's; cores per rank under torchrun)
+    dry_run: bool = False  # print the cost of the run and stop
 
 
 @dataclass(frozen=True)

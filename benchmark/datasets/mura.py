@@ -71,6 +71,7 @@ def load_mura(split: str, *, data_root: Optional[str] = None, **_ignored) -> Ima
 
 
 load_mura.classes = CLASSES
+load_mura.has_masks = False
 
 
 def needs(*, data_root: Optional[str] = None, **_):
