@@ -305,13 +305,15 @@ def dry_run(config: RunConfig) -> str:
         raise UserError(f"--dry-run needs --n-images: dataset '{spec.dataset}' does not declare its size")
     if spec.n_images and spec.split in sizes:
         n_images = min(n_images, sizes[spec.split])
-    active = [
-        m
-        for m in metrics
-        if m.applies(adapter, getattr(DATASETS.get(spec.dataset), "has_masks", True)) is None
-    ]
+    masks = getattr(DATASETS.get(spec.dataset), "has_masks", True)
+    active = [m for m in metrics if m.applies(adapter, masks) is None]
     return cost_table(
-        spec, adapter, [m for m in methods if m.applies_to(adapter) is None], active, eval_ctx, n_images
+        spec,
+        adapter,
+        [m for m in methods if m.applies_to(adapter, masks) is None],
+        active,
+        eval_ctx,
+        n_images,
     )
 
 
