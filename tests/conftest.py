@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from xaibench.adapter import ModelAdapter
 from xaibench.datasets import load_dataset
@@ -88,3 +89,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_vit():
+    """The tiny ViT (CLS + 2 registers) after 600 Adam steps on 320 ``synthetic`` images (~2 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models train far faster on one thread
+    split = load_dataset("synthetic", "train", n_train=320, image_size=32)
+    adapter = make_tiny_vit(seed=0)
+    images = adapter.normalize(torch.stack([split[i].image for i in range(len(split))]))
+    labels = torch.tensor([split[i].label for i in range(len(split))])
+    model = adapter.model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(600):
+        idx = torch.randint(0, len(images), (32,), generator=g)
+        loss = F.cross_entropy(model(images[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        accuracy = (adapter.logits(images).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.4, f"the tiny ViT did not learn (train accuracy {accuracy:.2f}, chance 0.1)"
+    return adapter, images[:16], labels[:16]

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import SYNTH_MEAN, SYNTH_STD, make_tiny_vit
 
 from xaibench.adapter import ModelAdapter
-from xaibench.datasets import load_dataset
 from xaibench.methods import create_method
 from xaibench.methods.lrp import matmul_halves, vit_relevance
 
@@ -178,26 +176,8 @@ def test_agrees_with_the_authors_implementation():
 
 
 @pytest.fixture(scope="module")
-def trained_vit(one_thread):
-    """The tiny ViT (CLS + 2 registers) after 600 Adam steps on 320 ``synthetic`` images (~2 s)."""
-    split = load_dataset("synthetic", "train", n_train=320, image_size=32)
-    adapter = make_tiny_vit(seed=0)
-    images = adapter.normalize(torch.stack([split[i].image for i in range(len(split))]))
-    labels = torch.tensor([split[i].label for i in range(len(split))])
-    model = adapter.model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(600):
-        idx = torch.randint(0, len(images), (32,), generator=g)
-        loss = F.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (adapter.logits(images).argmax(1) == labels).float().mean().item()
-    assert accuracy > 0.4, f"the tiny ViT did not learn (train accuracy {accuracy:.2f}, chance 0.1)"
-    return adapter, images[:16], labels[:16]
+def trained_vit(tiny_trained_vit):
+    return tiny_trained_vit
 
 
 def test_map_depends_on_the_class_and_is_not_plain_attention(trained_vit):
