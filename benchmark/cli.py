@@ -318,9 +318,13 @@ def cmd_list(args) -> int:
     from .registry import DATASETS, METHODS, METRICS, MODELS
 
     registry = {"methods": METHODS, "metrics": METRICS, "datasets": DATASETS, "models": MODELS}[args.kind]
-    for name in registry.names(args.pattern):
-        doc = (registry.get(name).__doc__ or "").strip().splitlines()
-        print(f"{name:24s} {doc[0] if doc else ''}".rstrip())
+    entries = {name: registry.get(name) for name in registry.names(args.pattern)}
+    if args.kind == "metrics":  # one line per family, with the scores it provides
+        entries = {cls.name: cls for cls in entries.values()}
+    for name, obj in sorted(entries.items()):
+        doc = (obj.__doc__ or "").strip().splitlines()
+        scores = f" [{', '.join(obj.provides)}]" if args.kind == "metrics" else ""
+        print(f"{name:24s} {doc[0] if doc else ''}{scores}".rstrip())
     return 0
 
 

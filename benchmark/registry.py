@@ -30,10 +30,11 @@ from .errors import UserError, unknown_name
 
 
 class Registry:
-    def __init__(self, kind: str, builtins: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, builtins: str, entry_point_group: str, base: Optional[str] = None) -> None:
         self.kind = kind
         self._builtins = builtins
         self._group = entry_point_group
+        self._base = base  # "module:Class" every entry must subclass (checked when it registers)
         self._entries: Dict[str, Any] = {}
         self._loaded = False
         self._loading = False
@@ -43,6 +44,11 @@ class Registry:
         attribute, else its ``__name__`` in lower case)."""
 
         def decorator(obj: Any) -> Any:
+            if self._base is not None:
+                module, _, cls = self._base.partition(":")
+                base = getattr(importlib.import_module(module), cls)
+                if not (isinstance(obj, type) and issubclass(obj, base)):
+                    raise TypeError(f"a {self.kind} must be a subclass of {cls}; {obj!r} is not")
             key = (name or getattr(obj, "name", None) or obj.__name__).lower()
             if not overwrite and key in self._entries and self._entries[key] is not obj:
                 raise ValueError(f"{self.kind} '{key}' is already registered")
@@ -118,8 +124,10 @@ class Registry:
         return out
 
 
-METHODS = Registry("method", "xaibench.methods", "xaibench.methods")
-METRICS = Registry("metric", "xaibench.metrics", "xaibench.metrics")
+METHODS = Registry(
+    "method", "xaibench.methods", "xaibench.methods", base="xaibench.methods.base:AttributionMethod"
+)
+METRICS = Registry("metric", "xaibench.metrics", "xaibench.metrics", base="xaibench.metrics.base:Metric")
 DATASETS = Registry("dataset", "xaibench.datasets", "xaibench.datasets")
 MODELS = Registry("model", "xaibench.models", "xaibench.models")
 

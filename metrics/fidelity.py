@@ -42,6 +42,8 @@ def removal_accuracy(adapter, x, maps, labels, ids, removal, fractions, seed, sh
 
 @register_metric("fidelity")
 class Fidelity(Metric):
+    """Accuracy after removing the top 5/10/20 % of the map (Zhang et al. 2024), lower is better."""
+
     provides = ("fidelity_05", "fidelity_10", "fidelity_20")
     directions = {"fidelity_05": DOWN, "fidelity_10": DOWN, "fidelity_20": DOWN}
     category = "faithfulness"

@@ -37,6 +37,8 @@ def binned_mutual_information(maps: torch.Tensor, masks: torch.Tensor, n_bins: i
 
 @register_metric("mi")
 class MutualInformation(Metric):
+    """Mutual information (nats) between the binned map and the object mask."""
+
     provides = ("mi",)
     directions = {"mi": UP}
     category = "localisation"

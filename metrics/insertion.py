@@ -33,6 +33,8 @@ def insertion_curves(adapter, x, scores, targets, ids, removal, ks, seed):
 
 @register_metric("srg")
 class InsertionMetrics(Metric):
+    """MIF, LIF, SRG: probability keeping the most / least relevant patches first (Salvage, Algorithm 1)."""
+
     provides = ("mif", "lif", "srg")
     directions = {"mif": UP, "lif": DOWN, "srg": UP}
     category = "faithfulness"

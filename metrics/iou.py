@@ -37,6 +37,8 @@ def iou_curve(maps: torch.Tensor, masks: torch.Tensor, n_thresholds: int = 100):
 
 @register_metric("iou_auc")
 class IoUAUC(Metric):
+    """Area under the IoU-vs-threshold curve of the binarised map against the object mask."""
+
     provides = ("iou_auc",)
     directions = {"iou_auc": UP}
     category = "localisation"

@@ -51,6 +51,8 @@ def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor) -> torch.Te
 
 @register_metric("rma")
 class RelevanceAccuracy(Metric):
+    """Relevance mass and rank accuracy of the map inside the object mask (Arras et al. 2022)."""
+
     provides = ("rma", "rra")
     directions = {"rma": UP, "rra": UP}
     category = "localisation"

@@ -67,6 +67,8 @@ def pxap_from_histograms(states: torch.Tensor) -> float:
 
 @register_metric("pxap")
 class PixelAveragePrecision(Metric):
+    """Pixel average precision of the map against the object masks, over the dataset (Choe et al. 2020)."""
+
     provides = ("pxap",)
     directions = {"pxap": UP}
     category = "localisation"

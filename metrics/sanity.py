@@ -96,6 +96,8 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @register_metric("randomisation")
 class ModelRandomisation(Metric):
+    """Rank correlation of maps before and after re-initialising the classifier (Adebayo et al. 2018)."""
+
     provides = ("rand_top", "rand_all")
     directions = {}  # a sanity check, not a ranking: near 0 passes, near 1 is flagged
     sampled = True
