@@ -59,7 +59,7 @@ def top_fraction_scores(adapter, x, maps, targets, ids, removal, fractions, seed
 
 @register_metric("completeness")
 class CompletenessSoundness(Metric):
-    """Completeness and soundness of the map for the top two labels (Gupta et al. 2022), worst case over the labels."""
+    """Completeness and soundness for the top two labels, worst case over both (Gupta et al. 2022)."""
 
     provides = ("completeness", "soundness", "cs_score_a1", "cs_score_a2")
     directions = {"completeness": UP, "soundness": UP}

@@ -57,7 +57,7 @@ def relative_curves(adapter, x, scores, targets, ids, removal, ks, n_masks, seed
 
 @register_metric("r_srg")
 class RelativeInsertionMetrics(Metric):
-    """R-MIF, R-LIF, R-SRG: probability with patch subsets drawn by attribution weight (Salvage, Algorithm 2)."""
+    """R-MIF, R-LIF, R-SRG: probability with patch subsets drawn by attribution (Salvage, Algorithm 2)."""
 
     provides = ("r_mif", "r_lif", "r_srg")
     directions = {"r_mif": UP, "r_lif": DOWN, "r_srg": UP}
