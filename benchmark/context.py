@@ -63,6 +63,24 @@ def distractor_pool(adapter: ModelAdapter, train: DatasetSplit, size: int, seed:
     return adapter.normalize(torch.stack([smp.image for smp in read_samples(train, pick)]))
 
 
+def balanced_indices(data: DatasetSplit, n: int) -> List[int]:
+    """``n`` images of ``data`` taking the classes in turn (each class in the split's own, seeded
+    order), in split order: a class-balanced subset that is the same on every machine."""
+    if n >= len(data):
+        return list(range(len(data)))
+    labels = data.labels.tolist() if hasattr(data, "labels") else [data[i].label for i in range(len(data))]
+    by_class: Dict[int, List[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    queues = [by_class[c] for c in sorted(by_class)]
+    chosen: List[int] = []
+    for rank in range(max(len(q) for q in queues)):
+        chosen += [q[rank] for q in queues if rank < len(q)]
+        if len(chosen) >= n:
+            break
+    return sorted(chosen[:n])
+
+
 def load_context(spec: RunSpec, needs_train_images: bool) -> RunContext:
     """Load the dataset split and the model of ``spec`` (training the model on first use)."""
     opts = dict(seed=spec.seed, cache_dir=spec.cache_dir, data_root=spec.data_root)
@@ -85,13 +103,13 @@ def load_context(spec: RunSpec, needs_train_images: bool) -> RunContext:
         adapter.chunk_size = spec.chunk_size
     if spec.n_images and spec.n_images > len(data):
         log.warning(f"--n-images {spec.n_images}: the {spec.split} split has {len(data)} images; scoring all")
-    n = min(spec.n_images or len(data), len(data))
+    indices = balanced_indices(data, spec.n_images) if spec.n_images else list(range(len(data)))
 
     def load_split(name: str) -> DatasetSplit:
         return attach_preprocessing(load_dataset(spec.dataset, name, **opts), adapter)
 
     strategy = spec.removal if spec.removal != "auto" else ("drop" if adapter.is_vit else "mean")
-    ctx = RunContext(data, adapter, Removal(strategy), list(range(n)), load_split=load_split)
+    ctx = RunContext(data, adapter, Removal(strategy), indices, load_split=load_split)
     if strategy == "distractor" or needs_train_images:
         ctx.distractors = distractor_pool(adapter, ctx.split("train"), spec.distractor_pool, spec.seed)
     ctx.removal = Removal(

@@ -18,7 +18,9 @@ from .registry import DATASETS, METHODS, METRICS, MODELS
 from .removal import STRATEGIES
 
 TARGETS = ("pred", "label")
-PRESETS = ("auto", "paper", "quick")
+PRESETS = ("auto", "paper", "quick", "fast")
+#: images of the ``fast`` protocol's class-balanced, seeded subset (real datasets, by default)
+FAST_IMAGES = 100
 EMBEDDED_DATASET = "synthetic"
 DEFAULT_MODELS = {
     EMBEDDED_DATASET: "xaibench_vit",
@@ -58,7 +60,7 @@ class RunConfig:
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"
-    preset: str = "auto"  # quick on the embedded default, paper elsewhere
+    preset: str = "auto"  # quick on the embedded default, fast elsewhere
     removal: str = "auto"  # drop for ViTs, mean for CNNs
     n_draws: int = 10  # distractor draws per masked input
     target: str = "pred"
@@ -211,7 +213,8 @@ def resolve(config: RunConfig) -> RunSpec:
 
         if not is_timm_model(model):
             raise unknown_model(model)
-    n_images = c.n_images or DEFAULT_N_IMAGES.get(dataset)
+    preset = c.preset if c.preset != "auto" else ("quick" if dataset == EMBEDDED_DATASET else "fast")
+    n_images = c.n_images or DEFAULT_N_IMAGES.get(dataset) or (FAST_IMAGES if preset == "fast" else None)
     if dataset == EMBEDDED_DATASET and n_images and n_images > MAX_SYNTHETIC_IMAGES:
         raise UserError(
             f"--n-images {n_images} is more than the {MAX_SYNTHETIC_IMAGES} images the embedded dataset "
@@ -226,7 +229,7 @@ def resolve(config: RunConfig) -> RunSpec:
         batch_size=c.batch_size,
         seed=c.seed,
         device=_device(c.device),
-        preset=c.preset if c.preset != "auto" else ("quick" if dataset == EMBEDDED_DATASET else "paper"),
+        preset=preset,
         removal=c.removal,
         n_draws=c.n_draws,
         target=c.target,

@@ -45,7 +45,7 @@ class InsertionMetrics(Metric):
     class Params:
         cardinalities: Optional[int] = None  # None = every k = 1..N (Algorithm 1); a count: evenly spaced k
 
-    presets = {"quick": {"cardinalities": 8}}
+    presets = {"quick": {"cardinalities": 8}, "fast": {"cardinalities": 20}}
 
     def cost(self, shape, ctx, method):
         ks = ctx.ks(shape.num_patches, self.params.cardinalities)

@@ -73,7 +73,7 @@ class RelativeInsertionMetrics(Metric):
         def __post_init__(self):
             check(self.n_masks >= 1, "needs n_masks ≥ 1")
 
-    presets = {"quick": {"cardinalities": 6, "n_masks": 2}}
+    presets = {"quick": {"cardinalities": 6, "n_masks": 2}, "fast": {"cardinalities": 20, "n_masks": 16}}
 
     def cost(self, shape, ctx, method):
         ks = ctx.ks(shape.num_patches, self.params.cardinalities)

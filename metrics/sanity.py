@@ -112,7 +112,7 @@ class ModelRandomisation(Metric):
         def __post_init__(self):
             check(0 < self.fraction <= 1, "fraction must lie in (0, 1]")
 
-    presets = {"quick": {"fraction": 0.25}}
+    presets = {"quick": {"fraction": 0.25}, "fast": {"fraction": 0.1}}
 
     def cost(self, shape, ctx, method):
         return (2 * self.params.fraction) * method.cost(shape) if method.queries_model else FREE
