@@ -21,6 +21,7 @@ from xaibench.methods import AttributionMethod
 from .attribution import Attribution
 from .context import RunContext, batches, load_context
 from .errors import UserError
+from .harness import execute, instances, needs_train_images, prepare
 from .identity import run_identity
 from .io import file_hash
 from .maps import MapFile, read_maps
@@ -112,8 +113,6 @@ def check(
 def evaluate(config: RunConfig, files: Sequence[str], names: Sequence[str] = ()):
     """Score the map ``files`` (validated first) with every metric of ``config``; returns the
     run's :class:`~xaibench.harness.RunOutcome`."""
-    from .harness import execute, instances, needs_train_images, prepare
-
     if names and len(names) != len(files):
         raise UserError(f"--name was given {len(names)} times for {len(files)} --maps files")
     paths = [Path(f).expanduser() for f in files]

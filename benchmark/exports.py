@@ -20,6 +20,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from xaibench.metrics import metric_label
+from xaibench.metrics.sanity import BARELY_CHANGES
+
 from .errors import UserError
 from .io import write_text
 from .leaderboard import (
@@ -29,10 +32,12 @@ from .leaderboard import (
     LEVEL,
     N_BOOT,
     REFERENCE_METHODS,
+    leaderboard,
     merge_runs,
     metric_sort_key,
     ordered,
 )
+from .registry import METRICS
 
 FORMATS = ("markdown", "latex", "csv", "json")
 EXTENSIONS = {"markdown": "md", "latex": "tex", "csv": "csv", "json": "json"}
@@ -152,15 +157,11 @@ def legend(table: pd.DataFrame, ci: bool, runs_info: Optional[list] = None) -> L
 
 def _sampled(metric: str) -> bool:
     """Scores computed on a sample of the images only: their NaNs are not failures."""
-    from .registry import METRICS
-
     return metric in METRICS and getattr(METRICS.get(metric), "sampled", False)
 
 
 def sanity_notes(table: pd.DataFrame) -> List[str]:
     """What the randomisation columns mean, and the methods whose maps barely change."""
-    from xaibench.metrics.sanity import BARELY_CHANGES
-
     rows = table[table["metric"].isin(("rand_top", "rand_all"))]
     if rows.empty:
         return []
@@ -184,8 +185,6 @@ def _fraction(k: int) -> str:
 
 def rank_metrics_text(note: str, labels: Dict[str, str]) -> str:
     """ "srg+mif+lif; rma" → "SRG, MIF, LIF (1/3 each); RMA" (families separated by ';')."""
-    from xaibench.metrics import metric_label
-
     families = [f.split("+") for f in str(note).split("; ") if f]
     return "; ".join(
         ", ".join(labels.get(s) or metric_label(s) for s in f) + _fraction(len(f)) for f in families
@@ -492,8 +491,6 @@ def render(table: pd.DataFrame, fmt: str, *, ci: bool = True, runs_info: Optiona
 
 def write_leaderboards(run_dir: str | Path) -> str:
     """Aggregate a finished run and write leaderboard.{md,tex,csv,json} into it; returns the Markdown."""
-    from .leaderboard import leaderboard
-
     table, runs = leaderboard([run_dir], verify=False)  # the run writes these before it is sealed
     texts: Dict[str, str] = {}
     for fmt in FORMATS:

@@ -22,11 +22,15 @@ from typing import Dict, List, Optional
 
 import torch
 
+from xaibench.methods import FitContext
+from xaibench.metrics import EvalContext
+
 from . import __version__, estimate
 from .context import RunContext, load_context, n_batches
 from .cost import Shape
 from .distributed import setup as setup_distributed
 from .errors import UserError
+from .exports import write_leaderboards
 from .identity import run_identity
 from .io import cache_dir, stable_hash
 from .log import bars_and_logs
@@ -91,8 +95,6 @@ def default_run_id(spec: RunSpec, identity: dict, methods) -> str:
 
 
 def fit_context(spec: RunSpec, ctx: RunContext, seed: int, trains: bool = True):
-    from xaibench.methods import FitContext
-
     return FitContext(
         cache_dir=str(cache_dir(spec.cache_dir) / "explainers"),
         seed=seed,
@@ -201,8 +203,6 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
 
     Under torchrun every rank scores its share of the batches (batch b goes to rank b mod n)
     and rank 0 merges them into the files one process would write."""
-    from xaibench.metrics import EvalContext
-
     t0 = time.time()
     spec = prepare(config)
     dist, device = setup_distributed(spec.device, spec.threads)
@@ -252,8 +252,6 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
                 }
                 state = "finished" if not failed else "finished with failures"
                 store.write_config(record.document(state, time.time() - t0))
-                from .exports import write_leaderboards
-
                 markdown = write_leaderboards(store.dir)
                 store.seal(state)
                 outcome = RunOutcome(store.dir, EXIT_FAILED if failed else EXIT_OK, markdown, failed)
@@ -287,8 +285,6 @@ def cost_table(spec: RunSpec, adapter, methods, metrics, eval_ctx, n_images: int
 def dry_run(config: RunConfig) -> str:
     """The cost table of ``config`` without loading data or weights (the architecture is built
     untrained, only to measure its speed)."""
-    from xaibench.metrics import EvalContext
-
     for module in config.plugins:
         load_plugin(module)
     spec = resolve(config)

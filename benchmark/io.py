@@ -12,6 +12,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .errors import UserError
+
 CACHE_ENV = "XAIBENCH_CACHE"
 
 
@@ -148,8 +150,6 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 def check_writable(path: str | os.PathLike, what: str) -> Path:
     """``path`` as a directory this process can write into (created if missing), else a one-line
     :class:`~xaibench.errors.UserError` naming ``what`` (e.g. ``--out``)."""
-    from .errors import UserError
-
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a directory: pass a directory")

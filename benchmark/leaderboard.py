@@ -44,9 +44,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xaibench.metrics import metric_label
+
 from .errors import UserError
 from .io import load_torch, read_json
+from .registry import METRICS
 from .seeding import generator
+from .store import verify_run
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -290,8 +294,6 @@ class RunResults:
 def load_run(run_dir: str | Path, verify: bool = True) -> RunResults:
     """Read a run directory written by :mod:`xaibench.harness` (UserError if it is not one, or
     if ``verify`` and its files are not those the finished run recorded)."""
-    from .store import verify_run
-
     d = Path(run_dir)
     missing = [f for f in ("config.json", "scores.csv") if not (d / f).exists()]
     if missing:
@@ -314,8 +316,6 @@ def load_run(run_dir: str | Path, verify: bool = True) -> RunResults:
 
 def _aggregators(run: RunResults) -> Dict[str, object]:
     """Score name → metric instance able to ``aggregate`` it (dataset-level metrics only)."""
-    from .registry import METRICS
-
     out: Dict[str, object] = {}
     for name, info in run.config.get("metrics", {}).items():
         if name not in METRICS:
@@ -347,8 +347,6 @@ def _label(metric: str) -> str:
         return MI_RATIO_LABEL
     if metric == AGGREGATE:
         return AGGREGATE_LABEL
-    from xaibench.metrics import metric_label
-
     return metric_label(metric)
 
 
@@ -562,8 +560,6 @@ def score_families(run: RunResults) -> Dict[str, Tuple[str, Optional[str]]]:
     MIF, LIF and SRG), from the registry, else the run's config entry that provides it. The
     category is the one the run recorded in ``config.json`` (``metrics.<name>.category``), else
     the class's ``category`` attribute, else None."""
-    from .registry import METRICS
-
     out: Dict[str, Tuple[str, Optional[str]]] = {}
     for entry, info in run.config.get("metrics", {}).items():
         for score in info.get("provides", [entry]):

@@ -26,7 +26,7 @@ from .errors import UserError, unknown_name
 from .io import cache_dir as resolve_cache_dir
 from .io import load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
 from .pretrained import is_timm_model, load_timm_model
-from .registry import MODELS
+from .registry import DATASETS, MODELS
 from .removal import Removal
 from .seeding import derive_seed
 from .supervised import accuracy, supervised_epoch
@@ -313,9 +313,6 @@ def architecture(spec) -> ModelAdapter:
     """An untrained model of ``spec.model`` with its input size and normalisation, for estimating
     costs without data or weights."""
     import timm
-
-    from .datasets import SPLITS  # noqa: F401  (the dataset registry, for the class count)
-    from .registry import DATASETS
 
     classes = getattr(DATASETS.get(spec.dataset), "classes", None) or range(10)
     if spec.model in MODELS:

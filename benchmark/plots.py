@@ -28,6 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xaibench.metrics import metric_label
+
+from .datasets import load_dataset
+from .datasets.folder import ImageFileSplit, Preprocessing
 from .errors import UserError
 from .leaderboard import (
     AGGREGATE,
@@ -39,6 +43,7 @@ from .leaderboard import (
     select,
 )
 from .maps import read_maps
+from .registry import load_plugin
 from .seeding import generator
 from .store import preview_path
 
@@ -51,8 +56,6 @@ DEFAULT_BAR_METRICS = ("srg", "r_srg")
 
 
 def _label(metric: str) -> str:
-    from xaibench.metrics import metric_label
-
     return metric_label(metric)
 
 
@@ -269,8 +272,6 @@ def preview_files(run: RunResults) -> Dict[str, Path]:
 def run_preprocessing(run: RunResults):
     """The run's model preprocessing: the timm data config it recorded, else resize-and-centre-crop
     to the model's input size; None when the run records neither."""
-    from .datasets.folder import Preprocessing
-
     model = run.config.get("model") or {}
     if model.get("data_config"):
         return Preprocessing.from_timm(model["data_config"])
@@ -284,10 +285,6 @@ def load_run_images(run: RunResults, ids: Sequence[str], cache_dir=None, data_ro
     harness applied it; in-memory splits were fed as they are, and are only resized (no crop) when
     they come back at another size than the model's input (e.g. synthetic images regenerated at
     their default size)."""
-    from .datasets import load_dataset
-    from .datasets.folder import ImageFileSplit, Preprocessing
-    from .registry import load_plugin
-
     cfg, res = run.config.get("config", {}), run.config.get("resolved", {})
     for module in cfg.get("plugins", []):
         try:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from .errors import UserError
 from .io import cache_path, check_writable
+from .pretrained import finetune_pointer
 from .registry import DATASETS, MODELS
 from .spec import RunSpec
 
@@ -109,8 +110,6 @@ def _weights(spec: RunSpec, online: Callable[[str], bool]) -> List[str]:
         return [] if path.is_file() else [f"--weights {path}: no such file"]
     if spec.model in MODELS:  # a recipe: trained here
         return []
-    from .pretrained import finetune_pointer
-
     if finetune_pointer(spec.cache_dir, spec.model, spec.dataset).exists():
         return []
     if timm_weights_cached(spec.model) is False and not online(HUB_HOST):

@@ -40,7 +40,19 @@ import pandas as pd
 from . import __version__
 from .errors import UserError
 from .exports import ARROWS, NOT_SIGNIFICANT, OWN_MODEL, aggregate_notes, grid, legend
+from .io import write_text
 from .leaderboard import AGGREGATE, AGGREGATE_LABEL, RunResults, leaderboard, metric_sort_key, ordered
+from .plots import (
+    HEAT_CMAP,
+    _label,
+    class_name,
+    draw_grid,
+    explained_classes,
+    grid_images,
+    method_palette,
+    preview_files,
+)
+from .seeding import generator
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +271,6 @@ def _panel_svg(title: str, frame: pd.DataFrame, styles: Dict[str, dict]) -> str:
 def curves_html(run: RunResults, methods: Sequence[str], key: str) -> str:
     """MIF / LIF / SRG and R-MIF / R-LIF / R-SRG panels of one run, with a legend that shows or
     hides each method."""
-    from .plots import _label, method_palette
-
     curves = run.curves[run.curves["method"].isin(methods)] if not run.curves.empty else run.curves
     if curves.empty:
         return '<p class="note">No curves in this run (run it with the mif/lif or r_mif/r_lif metrics).</p>'
@@ -325,8 +335,6 @@ def _heat_uri(heat: np.ndarray) -> str:
     """A min-max scaled map in magma at its own resolution (the browser scales it onto the image)."""
     from matplotlib import colormaps
 
-    from .plots import HEAT_CMAP
-
     rgb = colormaps[HEAT_CMAP](heat)[..., :3]
     return _data_uri(rgb, "png" if heat.size <= 64 * 64 else "jpeg")
 
@@ -334,8 +342,6 @@ def _heat_uri(heat: np.ndarray) -> str:
 def _image_scores(run: RunResults, ids: Sequence[str], methods: Sequence[str]):
     """{method: {image id: [[metric label, value, arrow], ...]}} from scores.csv (the mean over
     training seeds where a method has several)."""
-    from .plots import _label
-
     s = run.scores
     s = s[s["image_id"].isin(list(ids)) & s["method"].isin(list(methods))]
     if s.empty:
@@ -367,8 +373,6 @@ def images_html(
     run: RunResults, methods: Sequence[str], key: str, n_grid: int, cache_dir, data_root
 ) -> tuple:
     """(grid section, explorer section) of one run; a note in both when its images cannot be loaded."""
-    from .plots import class_name, draw_grid, explained_classes, grid_images, preview_files
-
     available = [m for m in methods if m in preview_files(run)]
     if not available:
         note = '<p class="note">This run kept no maps (maps/&lt;method&gt;.preview.npz).</p>'
@@ -380,8 +384,6 @@ def images_html(
         note = f'<p class="note">The images of this run cannot be shown: {esc(exc)}</p>'
         return note, note
     import torch
-
-    from .seeding import generator
 
     # the grid: a seeded subset of the preview sample (as `xaibench plot --kind grid`)
     pick = list(range(len(g.ids)))
@@ -618,8 +620,6 @@ def asset(name: str) -> str:
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, **kw) -> Path:
     """Write the report of ``run_dirs`` to the file ``out`` (atomically); returns its path."""
-    from .io import write_text
-
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory: pass a file name (e.g. {out / 'report.html'})")

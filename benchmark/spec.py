@@ -13,7 +13,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
+from .datasets import SPLITS
 from .errors import UserError, check_positive
+from .models import unknown_model
+from .pretrained import is_timm_model
 from .registry import DATASETS, METHODS, METRICS, MODELS
 from .removal import STRATEGIES
 
@@ -194,8 +197,6 @@ def resolve(config: RunConfig) -> RunSpec:
     if c.removal != "auto" and c.removal not in STRATEGIES:
         valid = ", ".join(("auto",) + STRATEGIES)
         raise UserError(f"unknown removal strategy '{c.removal}'. Valid strategies: {valid}")
-    from .datasets import SPLITS
-
     if c.split not in SPLITS:
         raise UserError(f"unknown split '{c.split}'. Valid splits: {', '.join(SPLITS)}")
     if c.preset not in PRESETS:
@@ -208,9 +209,6 @@ def resolve(config: RunConfig) -> RunSpec:
     if not model:
         raise UserError(f"dataset '{dataset}' has no default model: pass --model")
     if model not in MODELS:  # before any download: a registered recipe or a timm name
-        from .models import unknown_model
-        from .pretrained import is_timm_model
-
         if not is_timm_model(model):
             raise unknown_model(model)
     preset = c.preset if c.preset != "auto" else ("quick" if dataset == EMBEDDED_DATASET else "fast")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from xaibench.adapter import ModelAdapter
 from xaibench.cost import FREE
 from xaibench.params import check
 from xaibench.seeding import derive_seed
@@ -53,8 +54,6 @@ def top_modules(adapter) -> List[torch.nn.Module]:
 
 def randomised(adapter, stage: str, seed: int):
     """A copy of ``adapter`` whose ``stage`` ("top" or "all") layers are re-initialised."""
-    from xaibench.adapter import ModelAdapter
-
     model = copy.deepcopy(adapter.model)
     twin = ModelAdapter(
         model,

@@ -6,6 +6,7 @@ that returns a :class:`DatasetSplit`; unknown options are ignored by the factory
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..registry import DATASETS
 from .base import DatasetSplit, Sample, TensorSplit
 
@@ -15,8 +16,6 @@ SPLITS = ("train", "val", "test")
 
 
 def load_dataset(name: str, split: str = "test", **options) -> DatasetSplit:
-    from ..errors import UserError
-
     factory = DATASETS.get(name)
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'. Valid splits: {', '.join(SPLITS)}")
