@@ -48,38 +48,43 @@ def gradient_attention_rollout(attentions: List[torch.Tensor], grads: List[torch
     return R
 
 
+class _ForwardAttention(AttributionMethod):
+    """A map read from the attention probabilities of one forward pass (no target, no gradient):
+    subclasses say how the per-block maps (B, heads, T, T) become token relevance (B, T, T)."""
+
+    requires = Requires(attention=True, vit=True)
+    class_dependent = False  # attention probabilities of the forward pass only
+
+    def combine(self, attentions: List[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cost(self, shape):
+        return Cost(forwards=1)
+
+    def attribute(self, adapter, x, target, *, ids, masks=None):
+        with torch.no_grad(), adapter.record_attention() as rec:
+            adapter.logits(x)
+        return Attribution(_explained_row(adapter, self.combine(rec.ordered())), "patch")
+
+
 @register_method("attention_rollout")
-class AttentionRollout(AttributionMethod):
+class AttentionRollout(_ForwardAttention):
     """Attention rollout with registers (Abnar & Zuidema 2020; Darcet et al. 2024). Class-agnostic."""
 
     label = "Attn. Rollout"
-    requires = Requires(attention=True, vit=True)
-    class_dependent = False  # attention probabilities of the forward pass only
 
-    def cost(self, shape):
-        return Cost(forwards=1)
-
-    def attribute(self, adapter, x, target, *, ids, masks=None):
-        with torch.no_grad(), adapter.record_attention() as rec:
-            adapter.logits(x)
-        return Attribution(_explained_row(adapter, attention_rollout(rec.ordered())), "patch")
+    def combine(self, attentions):
+        return attention_rollout(attentions)
 
 
 @register_method("attention_last")
-class LastLayerAttention(AttributionMethod):
+class LastLayerAttention(_ForwardAttention):
     """The last block's CLS → patch attention, mean over heads (Clark et al. 2019), registers skipped."""
 
     label = "Attn. last"
-    requires = Requires(attention=True, vit=True)
-    class_dependent = False  # attention probabilities of the forward pass only
 
-    def cost(self, shape):
-        return Cost(forwards=1)
-
-    def attribute(self, adapter, x, target, *, ids, masks=None):
-        with torch.no_grad(), adapter.record_attention() as rec:
-            adapter.logits(x)
-        return Attribution(_explained_row(adapter, rec.ordered()[-1].float().mean(1)), "patch")
+    def combine(self, attentions):
+        return attentions[-1].float().mean(1)
 
 
 @register_method("gae")
