@@ -34,6 +34,7 @@ same pass size and give the same numbers.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -53,6 +54,8 @@ CALIBRATION_SECONDS = 0.5
 MIN_CALIBRATED_ROWS = 16
 #: bump when :func:`calibrate` changes, so cached choices are made again
 CALIBRATION_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 _CHOSEN: Dict[str, dict] = {}  # this process's calibrations, by key digest
 
@@ -170,16 +173,19 @@ class Budget:
         if record is None and self.cache_dir is not None:
             directory = Path(self.cache_dir)
             path = directory / f"{digest}.json"
-            with lock(directory, "the pass-size calibration"):
-                if path.exists():
-                    try:
-                        record = {**read_json(path), "source": "cache"}
-                    except (OSError, ValueError):
-                        record = None  # unreadable: measure again and overwrite
-                if record is None or record.get("key") != key:
-                    record = self._measure_record(key)
-                    write_json(path, record)
-        elif record is None:
+            try:
+                with lock(directory, "the pass-size calibration"):
+                    if path.exists():
+                        try:
+                            record = {**read_json(path), "source": "cache"}
+                        except (OSError, ValueError):
+                            record = None  # unreadable: measure again and overwrite
+                    if record is None or record.get("key") != key:
+                        record = self._measure_record(key)
+                        write_json(path, record)
+            except OSError as exc:  # an unwritable cache costs reproducibility across runs, not the run
+                log.warning(f"cannot store the pass-size calibration in {directory} ({exc}); kept in memory")
+        if record is None:
             record = self._measure_record(key)
         _CHOSEN[digest] = record
         self.calibration = record

@@ -104,3 +104,11 @@ def test_calibration_leaves_a_training_model_untouched(fresh_calibrations):
     assert cnn.model.training and not cnn.model.bn1.training
     for k, v in cnn.model.state_dict().items():
         assert torch.equal(v, state[k]), k  # no batch-norm statistics updated
+
+
+def test_an_unusable_cache_directory_costs_only_the_storage(tmp_path, fresh_calibrations, caplog):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    b = _budget(blocked)
+    assert 1 <= b.rows() <= b.ceiling() and b.calibration["source"] == "measured"
+    assert "cannot store the pass-size calibration" in caplog.text
