@@ -2,12 +2,15 @@
 
 Introspection (ViT or CNN, patch grid, prefix tokens, attention modules, GradCAM layer)
 happens here, once. Inputs are always in the model's normalised input space; use
-:meth:`ModelAdapter.normalize` on images in [0, 1].
+:meth:`ModelAdapter.normalize` on images in [0, 1]. The removal operation (``masked_probs``,
+``masked_logits``) is run by the adapter's :class:`~xaibench.engine.RemovalEngine`, in passes
+sized by its :class:`~xaibench.budget.Budget`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -15,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .budget import Budget
+from .engine import RemovalEngine, check_amp
 from .errors import UserError
 from .removal import Removal
 
@@ -50,6 +54,8 @@ class ModelAdapter:
         patch_size: size of the removal grid's cells for CNNs (ViTs use their own patches).
         memory_budget_mb: the memory :class:`~xaibench.budget.Budget` of one pass (default: 1 GiB on
             the CPU, a quarter of the free memory on CUDA).
+        calibration_dir: where the budget caches its calibrated pass size (None: in this process
+            only); see :mod:`xaibench.budget`.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class ModelAdapter:
         name: str = "",
         memory_budget_mb: Optional[float] = None,
         class_names: Optional[Sequence[str]] = None,
+        calibration_dir: Optional[str] = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -90,7 +97,13 @@ class ModelAdapter:
             self.num_prefix_tokens = 0
         if min(self.grid) < 1:
             raise UserError(f"patch size {self.patch_size} is larger than the input {self.input_size}")
-        self.budget = Budget(self.model, self.input_size, self.device, memory_budget_mb)
+        self.budget = Budget(
+            self.model, self.input_size, self.device, memory_budget_mb, cache_dir=calibration_dir
+        )
+        self.engine = RemovalEngine(self)
+        #: autocast of the metrics' forwards (None, "bf16", "fp16"): set on the copy the metrics
+        #: use (:meth:`for_metrics`), never on the adapter methods receive
+        self.metric_amp: Optional[str] = None
         self._num_classes: Optional[int] = None
 
     # ----------------------------------------------------------------- basics
@@ -153,8 +166,8 @@ class ModelAdapter:
         """Token embeddings with position, prefix tokens first: (B, prefix + P, D)."""
         m = self.model
         t = m.patch_embed(x)
-        if t.ndim == 4:  # NHWC patch embeddings (dynamic-size models)
-            t = t.flatten(1, 2)
+        if t.ndim == 4 and not getattr(m, "dynamic_img_size", False):
+            t = t.flatten(1, 2)  # NHWC patch embeddings; dynamic-size models' _pos_embed wants NHWC
         return m._pos_embed(t)
 
     def vit_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -172,13 +185,15 @@ class ModelAdapter:
         return torch.cat([src[:, :pre], src.gather(1, idx)], dim=1)
 
     # -------------------------------------------------------- removal engine
+    # The removal engine lives in :mod:`xaibench.engine`; these are its entry points.
     @property
     def memory_budget_mb(self) -> float:
         return self.budget.megabytes
 
     @property
     def chunk_size(self) -> int:
-        """Inputs per forward in the removal engine (the budget's forward rows)."""
+        """Inputs per forward pass of the removal engine: the budget's forward rows (calibrated for
+        throughput, or the ``--chunk-size`` override set here)."""
         return self.budget.rows()
 
     @chunk_size.setter
@@ -195,35 +210,9 @@ class ModelAdapter:
         ids: Optional[Sequence[str]] = None,
         target: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Class probabilities of ``x`` with parts removed.
-
-        Args:
-            x: clean inputs (B, 3, H, W), normalised.
-            keep: which parts stay: a boolean patch mask (B, M, P) or a pixel mask (B, M, H, W)
-                (bool, or float in [0, 1] for soft masks; not for ``drop``).
-            removal: a :class:`Removal` or a strategy name.
-            ids: image ids (seed the distractor draws).
-            target: optional (B,) class per image; then only that column is returned.
-        Returns:
-            (B, M, C) probabilities, or (B, M) for ``target``; averaged over distractor draws.
-        No gradients flow; chunked to the memory budget.
-        """
-        removal = Removal(removal) if isinstance(removal, str) else removal
-        if keep.ndim != 3 and keep.ndim != 4:
-            raise ValueError(f"keep must be (B, M, P) or (B, M, H, W), got {tuple(keep.shape)}")
-        if keep.shape[0] != x.shape[0]:
-            raise ValueError(f"keep has {keep.shape[0]} rows for {x.shape[0]} images")
-        keep = keep.to(x.device)
-        with torch.no_grad():
-            if removal.strategy == "drop":
-                probs = self._dropped_probs(x, keep)
-            else:
-                probs = self._filled_probs(x, keep, removal, ids)
-        if target is not None:
-            return probs.gather(2, target.to(probs.device).view(-1, 1, 1).expand(-1, probs.shape[1], 1))[
-                ..., 0
-            ]
-        return probs
+        """Class probabilities of ``x`` with parts removed: (B, M, C), or (B, M) for ``target``
+        (no gradients; see :meth:`xaibench.engine.RemovalEngine.masked_probs`)."""
+        return self.engine.masked_probs(x, keep, removal, ids=ids, target=target)
 
     def masked_logits(
         self,
@@ -232,80 +221,19 @@ class ModelAdapter:
         removal: Removal | str = "mean",
         fill: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Logits (n, C) of n inputs with one mask each, differentiable (for training on masked inputs).
+        """Differentiable logits (n, C) of n masked inputs (see
+        :meth:`xaibench.engine.RemovalEngine.masked_logits`)."""
+        return self.engine.masked_logits(x, keep, removal, fill)
 
-        keep: (n, P) boolean patch mask, or (n, H, W) pixel mask (not for ``drop``);
-        fill: (n, 3, H, W) what removed pixels become (default: the strategy's first fill).
-        """
-        removal = Removal(removal) if isinstance(removal, str) else removal
-        if removal.strategy == "drop":
-            self._check_drop(keep[:, None])
-            return self._drop_forward(
-                self.vit_embed(x), keep, torch.arange(len(x), device=x.device), chunked=False
-            )
-        if keep.ndim == 2:
-            keep = self.patch_keep_to_pixels(keep)
-        if fill is None:
-            if removal.strategy == "distractor":
-                raise ValueError("masked_logits with distractor removal needs an explicit fill")
-            fill = removal.fill(x)[:, 0]
-        return self.logits(Removal.compose(x, keep, fill))
-
-    def _check_drop(self, keep: torch.Tensor) -> None:
-        if not self.is_vit:
-            raise UserError(f"removal 'drop' needs a ViT; {self.name} is a CNN: use mean, blur or distractor")
-        if keep.ndim != 3 or keep.dtype != torch.bool or keep.shape[2] != self.num_patches:
-            raise ValueError(f"removal 'drop' needs a boolean patch mask (B, M, {self.num_patches})")
-
-    def _drop_forward(
-        self, tokens: torch.Tensor, keep: torch.Tensor, image: torch.Tensor, chunked: bool
-    ) -> torch.Tensor:
-        """Logits (n, C) of the rows of ``keep`` (n, P) with the removed patch tokens left out; row i
-        uses the embedded tokens of image ``image[i]``. Rows are grouped by cardinality (one
-        sequence length per forward) and, when ``chunked``, split to the memory budget."""
-        counts = keep.sum(1)
-        full = self.num_prefix_tokens + keep.shape[1]
-        out: Optional[torch.Tensor] = None
-        for k in counts.unique().tolist():
-            rows = (counts == k).nonzero()[:, 0]
-            kept = keep[rows].nonzero()[:, 1].view(len(rows), k)
-            step = max(1, self.chunk_size * full // (self.num_prefix_tokens + k)) if chunked else len(rows)
-            for s in range(0, len(rows), step):
-                r = rows[s : s + step]
-                logits = self.vit_from_tokens(self.gather_tokens(tokens, image[r], kept[s : s + step]))
-                if out is None:
-                    out = logits.new_zeros(len(keep), logits.shape[1])
-                out = out.index_copy(0, r, logits)
-        return out
-
-    def _dropped_probs(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        self._check_drop(keep)
-        B, M, P = keep.shape
-        image = torch.arange(B, device=x.device).repeat_interleave(M)
-        logits = self._drop_forward(self.vit_embed(x), keep.reshape(B * M, P), image, chunked=True)
-        return logits.float().softmax(-1).view(B, M, -1)
-
-    def _filled_probs(
-        self, x: torch.Tensor, keep: torch.Tensor, removal: Removal, ids: Optional[Sequence[str]]
-    ) -> torch.Tensor:
-        if keep.ndim == 3:
-            if keep.shape[2] != self.num_patches:
-                raise ValueError(f"patch mask has {keep.shape[2]} patches, the model has {self.num_patches}")
-            keep = self.patch_keep_to_pixels(keep)
-        B, M = keep.shape[:2]
-        fill = removal.fill(x, ids)
-        D = fill.shape[1]
-        total = B * M * D
-        out: Optional[torch.Tensor] = None
-        for s in range(0, total, self.chunk_size):
-            idx = torch.arange(s, min(total, s + self.chunk_size), device=x.device)
-            b, m, d = idx // (M * D), (idx // D) % M, idx % D
-            inputs = Removal.compose(x[b], keep[b, m], fill[b, d])
-            p = self.logits(inputs).float().softmax(-1)
-            if out is None:
-                out = torch.empty(total, p.shape[1], device=x.device)
-            out[s : s + len(idx)] = p
-        return out.view(B, M, D, -1).mean(2)
+    def for_metrics(self, amp: Optional[str]) -> "ModelAdapter":
+        """This adapter as the metrics see it: the same model, budget and engine, with the metrics'
+        autocast setting ``metric_amp`` (read by :func:`xaibench.metrics.engine.removal_probs`
+        only, so methods' own calls never autocast). Returns ``self`` when nothing changes."""
+        if check_amp(amp) == self.metric_amp:
+            return self
+        view = copy.copy(self)
+        view.metric_amp = amp
+        return view
 
     # ---------------------------------------------------------- attention
     def attention_modules(self) -> List[nn.Module]:

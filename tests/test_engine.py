@@ -1,0 +1,208 @@
+"""The removal engine: packed token dropping (equal to one-at-a-time dropping), pass plans,
+dynamic-size ViTs, the metrics' autocast, and what the pass loop may not do (read device
+values back)."""
+
+import pytest
+import torch
+from conftest import SYNTH_MEAN, SYNTH_STD
+
+from xaibench.adapter import ModelAdapter
+from xaibench.attribution import Attribution
+from xaibench.engine import plan_passes
+from xaibench.errors import UserError
+from xaibench.metrics import Batch, EvalContext, create_metric
+from xaibench.removal import Removal
+
+
+def _vit(seed=0, **kw) -> ModelAdapter:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
+    model = VisionTransformer(**{**args, **kw})
+    return ModelAdapter(model, mean=SYNTH_MEAN, std=SYNTH_STD, input_size=(32, 32), name="vit")
+
+
+def _keep(B, M, P, seed=0, low=1):
+    """Random patch masks with every size from ``low`` to P represented (varied cardinalities)."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(low, P + 1, (B, M), generator=g)
+    order = torch.rand(B, M, P, generator=g).argsort(-1)
+    return order.argsort(-1) < sizes[..., None]
+
+
+def _one_at_a_time(adapter, x, keep):
+    """Reference: each masked input on its own, only its kept patch tokens in the sequence."""
+    B, M, _ = keep.shape
+    out = torch.empty(B, M, adapter.num_classes)
+    with torch.no_grad():
+        tokens = adapter.vit_embed(x)
+        for b in range(B):
+            for m in range(M):
+                kept = keep[b, m].nonzero()[:, 0][None]
+                seq = adapter.gather_tokens(tokens, torch.tensor([b]), kept)
+                out[b, m] = adapter.vit_from_tokens(seq).softmax(-1)[0]
+    return out
+
+
+MODELS = {
+    "cls+registers, token pool": dict(reg_tokens=2, no_embed_class=True, global_pool="token"),
+    "cls, avg pool": dict(global_pool="avg"),
+    "no cls, 1 register, avg pool": dict(class_token=False, reg_tokens=1, global_pool="avg"),
+    "no prefix, avg pool": dict(class_token=False, global_pool="avg"),
+    "no prefix, max pool": dict(class_token=False, global_pool="max", fc_norm=False),
+    "no cls, register, avgmax pool": dict(class_token=False, reg_tokens=1, global_pool="avgmax"),
+    "avg pool with prefix": dict(reg_tokens=2, global_pool="avg", pool_include_prefix=True),
+    "attention pool (exact passes)": dict(class_token=False, global_pool="map"),
+    "dynamic image size": dict(reg_tokens=1, dynamic_img_size=True),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_packed_drop_equals_one_at_a_time_dropping(name):
+    adapter = _vit(**MODELS[name])
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    keep = _keep(3, 10, adapter.num_patches, seed=2)
+    reference = _one_at_a_time(adapter, x, keep)
+    expected_mode = "exact" if "attention pool" in name else ("token" if "token" in name else None)
+    mode = adapter.engine._pool_mode()
+    if expected_mode:
+        assert mode == expected_mode
+    else:
+        assert mode in ("token", "mean")
+    for rows in (2, 5, 1000):  # many small ragged passes, and one pass of everything
+        adapter.chunk_size = rows
+        probs = adapter.masked_probs(x, keep, "drop")
+        torch.testing.assert_close(probs, reference, atol=1e-5, rtol=0)
+        target = torch.tensor([1, 4, 7])
+        sel = adapter.masked_probs(x, keep, "drop", target=target)
+        torch.testing.assert_close(sel, reference[torch.arange(3), :, target], atol=1e-5, rtol=0)
+
+
+def test_packed_passes_mix_cardinalities_and_respect_the_token_budget():
+    counts = sorted([1, 1, 2, 3, 3, 3, 7, 8, 16, 16])
+    passes = plan_passes(counts, prefix=5, tokens_per_pass=40, padded=True)
+    assert passes[0][0] == 0 and passes[-1][1] == len(counts)
+    for (s, e, k, ragged), nxt in zip(passes, passes[1:] + [None]):
+        assert k == counts[e - 1] and ragged == (counts[s] != counts[e - 1])
+        assert (e - s) * (5 + k) <= 40 or e - s == 1
+        if nxt is not None:
+            assert nxt[0] == e
+            assert (e - s + 1) * (5 + counts[e]) > 40  # greedy: the next row would not have fit
+    assert any(p[3] for p in passes)
+    exact = plan_passes(counts, prefix=5, tokens_per_pass=None, padded=False)
+    assert [(s, e) for s, e, _, r in exact] == [(0, 2), (2, 3), (3, 6), (6, 7), (7, 8), (8, 10)]
+    assert not any(r for *_, r in exact)
+
+
+def test_drop_without_prefix_tokens_refuses_to_remove_everything():
+    adapter = _vit(class_token=False, global_pool="avg")
+    keep = torch.zeros(1, 1, adapter.num_patches, dtype=torch.bool)
+    with pytest.raises(ValueError, match="removed every token"):
+        adapter.masked_probs(torch.zeros(1, 3, 32, 32), keep, "drop")
+
+
+def test_dynamic_image_size_vit_works_with_the_engine_and_methods():
+    from xaibench.methods import create_method
+
+    adapter = _vit(reg_tokens=1, dynamic_img_size=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    assert adapter.vit_embed(x).shape == (2, 2 + 16, 32)
+    keep = _keep(2, 4, 16, seed=4)
+    with torch.no_grad():
+        reference = torch.stack(
+            [adapter.attention_mask_forward(x, keep[:, m]).softmax(-1) for m in range(4)], 1
+        )
+    torch.testing.assert_close(adapter.masked_probs(x, keep, "drop"), reference, atol=1e-5, rtol=0)
+    assert adapter.masked_probs(x, keep, "mean").shape == (2, 4, 10)
+    target = adapter.probs(x).argmax(1)
+    for name in ("gradcam", "attention_rollout", "gae", "lrp", "rise"):
+        method = create_method(name, preset="quick")
+        maps = method.attribute(adapter, x, target, ids=["a", "b"]).maps
+        assert torch.isfinite(maps).all()
+
+
+def test_masked_logits_drop_keeps_per_cardinality_passes():
+    adapter = _vit(reg_tokens=2, no_embed_class=True)
+    x = torch.randn(6, 3, 32, 32)
+    keep = _keep(6, 1, 16, seed=5)[:, 0]
+    logits = adapter.masked_logits(x, keep, "drop")
+    reference = _one_at_a_time(adapter, x, keep[:, None])[:, 0]
+    torch.testing.assert_close(logits.softmax(-1).detach(), reference, atol=1e-6, rtol=0)
+    assert logits.requires_grad
+
+
+def test_outputs_are_normal_tensors_and_the_pass_loop_reads_nothing_back(monkeypatch):
+    adapter = _vit(reg_tokens=2, no_embed_class=True)
+    x = torch.randn(4, 3, 32, 32)
+    keep = _keep(4, 32, 16, seed=6)
+    adapter.chunk_size = 4  # dozens of passes
+    calls = {"n": 0}
+    for name in ("item", "tolist", "cpu", "nonzero", "unique", "__bool__", "__int__", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _original=original, **kw):
+            calls["n"] += 1
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    for strategy in ("drop", "mean", "blur"):
+        calls["n"] = 0
+        out = adapter.masked_probs(x, keep, strategy, target=torch.tensor([0, 1, 2, 3]))
+        # drop: one host copy of the counts for the plan (and its tolist); fills: none
+        assert calls["n"] <= 2, (strategy, calls["n"])
+        assert not torch.is_inference(out)
+    monkeypatch.undo()
+    (out * torch.ones_like(out, requires_grad=True)).sum().backward()  # usable in autograd
+
+
+# ------------------------------------------------------------------ autocast
+
+
+def _batch(adapter, n=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    probs = adapter.probs(x).detach()
+    ids = [f"img{i}" for i in range(n)]
+    return Batch(x=x, labels=probs.argmax(1), targets=probs.argmax(1), ids=ids, probs=probs)
+
+
+@pytest.mark.parametrize("strategy", ["drop", "mean"])
+def test_autocast_reaches_metric_forwards_only(strategy):
+    from xaibench.methods import create_method
+
+    adapter = _vit(reg_tokens=2, no_embed_class=True)
+    batch = _batch(adapter)
+    attr = Attribution(torch.randn(4, 4, 4, generator=torch.Generator().manual_seed(1)), "patch")
+    ctx = EvalContext(adapter, Removal(strategy), seed=0, amp="bf16")
+    assert ctx.adapter is not adapter and ctx.adapter.model is adapter.model
+    assert ctx.adapter.metric_amp == "bf16" and adapter.metric_amp is None
+    blocks = []
+    adapter.model.blocks[0].mlp.fc1.register_forward_hook(lambda _m, _i, out: blocks.append(out.dtype))
+    metric = create_metric("srg")
+    low = metric.compute(ctx, batch, attr).scores
+    assert blocks and set(blocks) == {torch.bfloat16}  # the metric's passes ran in bf16
+    blocks.clear()
+    full = metric.compute(EvalContext(adapter, Removal(strategy), seed=0), batch, attr).scores
+    assert set(blocks) == {torch.float32}
+    for name in ("mif", "lif"):
+        diff = (low[name] - full[name]).abs().max()
+        assert 0 < diff < 5  # ×100 scale: bf16 moves the scores a little, but does move them
+    # methods never autocast, not even when handed the metrics' view of the adapter
+    blocks.clear()
+    method = create_method("rise", preset="quick")
+    method.attribute(ctx.adapter, batch.x, batch.targets, ids=batch.ids)
+    ctx.adapter.masked_probs(batch.x, torch.ones(4, 1, 16, dtype=torch.bool), strategy)
+    assert blocks and set(blocks) == {torch.float32}
+
+
+def test_amp_setting_is_checked():
+    adapter = _vit(reg_tokens=2, no_embed_class=True)
+    with pytest.raises(UserError, match="unknown amp"):
+        EvalContext(adapter, Removal("mean"), amp="int8")
+    ctx = EvalContext(adapter, Removal("mean"))
+    assert ctx.adapter is adapter  # no view without amp
+    from dataclasses import replace
+
+    again = replace(EvalContext(adapter, Removal("mean"), amp="fp16"), amp=None)
+    assert again.adapter.metric_amp is None
