@@ -49,11 +49,13 @@ MAX_ROWS = 4096
 BYTES = 4
 #: time allowed to one calibration (the sweep stops, and the re-timing rounds end, within it)
 CALIBRATION_SECONDS = 0.5
-#: the smallest pass size calibration considers: below it the per-pass work outside the model
-#: (indexing, composing inputs, launching kernels) weighs on throughput
+#: the smallest pass size calibration considers, per CPU thread (16 on a GPU): below it the
+#: per-pass work outside the model (indexing, composing inputs, launching kernels) and, with
+#: several threads, the synchronisation of the threads at every operation weigh on throughput
+#: (on a shared CPU one descheduled thread stalls the others at each of them)
 MIN_CALIBRATED_ROWS = 16
 #: bump when :func:`calibrate` changes, so cached choices are made again
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +203,9 @@ class Budget:
             x = zero.expand(n, -1, -1, -1)
             self.model(torch.where(x > 0, x, zero)).float().softmax(-1)
 
+        smallest = MIN_CALIBRATED_ROWS * (key["threads"] or 1)
         with torch.inference_mode(), _eval_mode(self.model):
-            rows, timings, seconds = calibrate(forward, key["ceiling"], self.device)
+            rows, timings, seconds = calibrate(forward, key["ceiling"], self.device, smallest=smallest)
         return {
             "rows": rows,
             "source": "measured",
@@ -226,17 +229,20 @@ def calibrate(
     ceiling: int,
     device: torch.device,
     seconds: float = CALIBRATION_SECONDS,
+    smallest: int = MIN_CALIBRATED_ROWS,
 ) -> Tuple[int, Dict[int, float], float]:
     """The pass size to use, the fastest time measured for each size tried, and the time spent.
 
-    Sizes 16, 32, 64, ... up to ``ceiling`` (or ``ceiling`` alone when it is smaller) are timed
-    one pass each, after a warm-up pass, in ascending order, while the next pass (predicted at
-    twice the last one) fits in ``seconds`` and throughput has not fallen below 85 % of the best
-    (past the peak: on CPUs, the activations stop fitting in the caches). The best sizes are
-    then re-timed in turn while time remains, each keeping its fastest time. The choice is the
-    largest size within 5 % of the best throughput: larger passes amortise the work around the
-    model (indexing, composing the inputs) that a probe sees only in part, and are less
-    sensitive to a pause of the process. ``forward(n)`` runs one pass of ``n`` inputs.
+    After a warm-up pass at the smallest size (it also starts the CPU thread pool), sizes
+    ``smallest``, twice that, ... up to ``ceiling`` (or ``ceiling`` alone when it is smaller)
+    are timed one pass each, in ascending order, while the next pass (predicted from the best
+    throughput so far) fits in ``seconds``. A size slower than 85 % of the best is timed once
+    more (a pause of the process looks the same as a slow size) and ends the sweep if it stays
+    slow: past the peak, on CPUs, the activations stop fitting in the caches. The best sizes
+    are then re-timed in turn while time remains, each keeping its fastest time. The choice is
+    the largest size within 5 % of the best throughput: larger passes amortise the work around
+    the model (indexing, composing the inputs) that a probe sees only in part, and are less
+    sensitive to pauses. ``forward(n)`` runs one pass of ``n`` inputs.
     """
 
     def timed(n: int) -> float:
@@ -246,24 +252,32 @@ def calibrate(
         sync(device)
         return max(time.perf_counter() - t, 1e-9)
 
+    def left() -> float:
+        return seconds - (time.perf_counter() - start)
+
     start = time.perf_counter()
     sizes: List[int] = []
-    n = MIN_CALIBRATED_ROWS
+    n = smallest
     while n <= ceiling:
         sizes.append(n)
         n *= 2
     sizes = sizes or [ceiling]
-    forward(1)  # warm-up: lazy initialisation, allocator
+    forward(sizes[0])  # warm-up: lazy initialisation, allocator, thread pool
     best: Dict[int, float] = {}
     for n in sizes:
-        best[n] = timed(n)
-        spent = time.perf_counter() - start
-        top = max(m / t for m, t in best.items())
-        if n / best[n] < 0.85 * top or spent + 2 * best[n] > seconds:
+        top = max((m / t for m, t in best.items()), default=None)
+        if top is not None and n / top > left():
             break
+        best[n] = timed(n)
+        top = max(m / t for m, t in best.items())
+        if n / best[n] < 0.85 * top:
+            if n / top <= left():
+                best[n] = min(best[n], timed(n))
+            if n / best[n] < 0.85 * top:
+                break
     for _ in range(3):
         ranked = sorted(best, key=lambda m: best[m] / m)[:3]
-        if time.perf_counter() - start + sum(best[m] for m in ranked) > seconds:
+        if sum(best[m] for m in ranked) > left():
             break
         for m in ranked:
             best[m] = min(best[m], timed(m))

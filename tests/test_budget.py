@@ -89,6 +89,20 @@ def test_calibration_choice_on_a_simulated_device(monkeypatch):
     chosen, timings, _ = calibrate(forward, ceiling=4096, device=torch.device("cpu"), seconds=10.0)
     assert chosen == 128  # 0.72 is within 5 % of 0.7; 256 is past the peak
     assert 512 not in timings  # the sweep stopped once throughput fell below 85 % of the best
+    # a pause of the process during one pass is timed again instead of ending the sweep
+    stalls = {32: 1}
+
+    def pausing(n):
+        forward(n)
+        if stalls.get(n):
+            stalls[n] -= 1
+            clock["t"] += 1.0
+
+    chosen, timings, _ = calibrate(pausing, ceiling=4096, device=torch.device("cpu"), seconds=10.0)
+    assert chosen == 128 and 256 in timings and stalls[32] == 0
+    # the time allowed bounds the sweep: warm-up, 16 and 32 fit in 8 ms of simulated passes, 64 does not
+    chosen, timings, _ = calibrate(forward, ceiling=4096, device=torch.device("cpu"), seconds=8e-3)
+    assert sorted(timings) == [16, 32] and chosen == 32
     chosen, _, _ = calibrate(forward, ceiling=40, device=torch.device("cpu"), seconds=10.0)
     assert chosen == 32
     chosen, _, _ = calibrate(forward, ceiling=8, device=torch.device("cpu"), seconds=10.0)
