@@ -15,17 +15,26 @@ removing patch tokens instead of filling them saves compute in proportion to wha
 (the idea behind token dropping in masked autoencoders: He et al., "Masked Autoencoders Are
 Scalable Vision Learners", CVPR 2022). Grouping rows by their number of kept patches, as a
 per-cardinality loop does, leaves each forward with a few dozen rows and throws the saving away.
-Here the rows of a call are sorted by how many patches they keep and cut into passes of
-consecutive rows; each pass is padded to its longest row and the padding is excluded from
-every attention by a key mask (prefix tokens are never removed). Because rows are sorted, a
-pass spans one or two cardinalities and the padding stays small. Tokens interact only through
-attention, so a padded token changes nothing for the others; average or max pooling over patch
-tokens would see the padding, so before the head the padded positions take the mean of the
-row's real tokens, which leaves an average, a max and their sum unchanged. The result equals
-one-at-a-time dropping up to float rounding (tested to 1e-5, with registers and without a CLS
-token). Models whose blocks take no ``attn_mask`` or that pool with attention keep exact
-per-cardinality passes. ``masked_logits`` (training) keeps the per-cardinality grouping, so
-training is unchanged.
+Here the rows of a call, from all its images, are sorted by how many patches they keep; each
+row's patch tokens are padded to its count rounded up to a small quantum (2 for 64 patches,
+at most 32 lengths) and the padding is excluded from every attention by a key mask (prefix
+tokens are never removed); passes hold rows of one padded length, as many as the pass's token
+budget allows. Tokens interact only through attention, so a padded token changes nothing for
+the others; average or max pooling over patch tokens would see the padding, so before the
+head the padded positions take the mean of the row's real tokens, which leaves an average, a
+max and their sum unchanged. The result equals one-at-a-time dropping up to float rounding
+(tested to 1e-5, with registers and without a CLS token). Models whose blocks take no
+``attn_mask`` or that pool with attention keep exact per-cardinality passes.
+``masked_logits`` (training) keeps per-cardinality passes without padding, so training is
+unchanged.
+
+Pass-size invariance. Calibration may choose another pass size on another run, so a row's
+result should not depend on the pass it lands in. A row's padded length depends only on its
+own count, and every pass holds at least ``MIN_PASS_ROWS`` inputs (a short last pass joins
+the one before it; a call with fewer inputs repeats its last one); measured on CPU, the
+results are then bitwise identical for every pass size and batch composition (tested). On
+other hardware kernels may still round differently by shape; the budget's stored calibration
+keeps the pass size fixed on a machine.
 
 Devices. No-gradient passes run under ``torch.inference_mode``; masks and targets move to the
 device through pinned memory without blocking; the pass loop never reads a device value back
@@ -39,12 +48,13 @@ methods never do, so attributions are never computed in reduced precision. Measu
 MIF/LIF ×100): on the trained default ViT, bf16 moves a single image's MIF or LIF by up to
 0.56 points (0.04–0.06 on average per image) and the mean over the images by less than 0.01;
 fp16 moves them about ten times less (up to 0.04); on untrained tiny models both stay below
-0.04. Either is far above the ~1e-7 by which float32 results differ between pass sizes
-(bf16 keeps 8 significant bits, fp16 11): leave it off for reference numbers.
+0.04. Either is far above float32 rounding (~1e-7; bf16 keeps 8 significant bits, fp16 11):
+leave it off for reference numbers.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import inspect
 from typing import List, Optional, Sequence, Tuple
@@ -56,6 +66,12 @@ from .removal import Removal
 
 #: reduced-precision settings accepted by ``amp``
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: the fewest inputs in a no-gradient pass (shorter passes repeat their last input): matrix
+#: products of fewer rows take other kernels and round differently (measured on CPU: a linear
+#: layer's output rows change with 1–3 rows, never from 4 on), so with at least this many rows
+#: a row's result does not depend on the pass size
+MIN_PASS_ROWS = 4
 
 #: pooling heads whose padded positions can be neutralised by the row's mean token
 _MEAN_NEUTRAL_POOLS = ("avg", "max", "avgmax")
@@ -194,30 +210,43 @@ class RemovalEngine:
         """Outputs for the rows of ``keep`` (n, P) with the removed patch tokens left out; row i
         uses the embedded tokens (B, prefix + P, D) of image ``image[i]``.
 
-        Rows are sorted by their number of kept patches and cut into passes of at most
-        ``tokens_per_pass`` tokens (None: no limit). ``padded`` lets a pass mix cardinalities
-        (padding + key mask); otherwise each pass holds one cardinality. Returns logits (n, C),
-        or, with ``select`` (n,) classes, float32 probabilities of those classes (n,).
+        Rows are sorted by their number of kept patches and cut into passes (:func:`plan_passes`)
+        of at most ``tokens_per_pass`` tokens (None: one pass per length, no minimum). With
+        ``padded`` a row's sequence is padded to its count rounded up to the length quantum and
+        the padding masked out of attention; otherwise each pass holds one count, unpadded.
+        Returns logits (n, C), or, with ``select`` (n,) classes, float32 probabilities of those
+        classes (n,).
         """
         pre = self.adapter.num_prefix_tokens
-        n = keep.shape[0]
+        n, P = keep.shape
         counts = keep.sum(1)
         order = counts.argsort(stable=True)
         host_counts = counts[order].cpu()  # the one read-back: the plan of passes
         if pre == 0 and n and int(host_counts[0]) == 0:
             raise ValueError("removal 'drop' removed every token of a model without prefix tokens")
+        chunked = tokens_per_pass is not None
+        plan = plan_passes(
+            host_counts.tolist(),
+            P,
+            pre,
+            tokens_per_pass,
+            quantum=length_quantum(P) if padded else 1,
+            min_rows=MIN_PASS_ROWS if chunked else 1,
+        )
         parts: List[torch.Tensor] = []
-        for s, e, k, ragged in plan_passes(host_counts.tolist(), pre, tokens_per_pass, padded):
+        for s, e, length in plan:
             rows = order[s:e]
+            if e - s < MIN_PASS_ROWS and chunked:  # repeat the last row: see MIN_PASS_ROWS
+                rows = torch.cat([rows, rows[-1:].expand(MIN_PASS_ROWS - (e - s))])
             sub = keep[rows]
-            # kept patches first, in patch order; in a ragged pass the tail of a short row holds
-            # removed patches, masked out of attention below
-            kept = (~sub).to(torch.uint8).argsort(dim=1, stable=True)[:, :k]
+            # kept patches first, in patch order; a padded row's tail holds removed patches,
+            # masked out of attention
+            kept = (~sub).to(torch.uint8).argsort(dim=1, stable=True)[:, :length]
             img = image[rows]
             seq = torch.cat([tokens[img, :pre], tokens[img[:, None], kept + pre]], dim=1)
-            logits = self._token_logits(seq, sub.gather(1, kept) if ragged else None)
+            logits = self._token_logits(seq, sub.gather(1, kept) if padded else None)[: e - s]
             if select is not None:
-                logits = logits.float().softmax(-1).gather(1, select[rows, None])[:, 0]
+                logits = logits.float().softmax(-1).gather(1, select[rows[: e - s], None])[:, 0]
             parts.append(logits)
         if not parts:
             width = () if select is not None else (self.adapter.num_classes,)
@@ -285,17 +314,16 @@ class RemovalEngine:
         fill = removal.fill(x, ids)  # from the clean images, once
         D = fill.shape[1]
         total = B * M * D
-        step = a.budget.rows()
         parts: List[torch.Tensor] = []
-        for s in range(0, total, step):
-            idx = torch.arange(s, min(total, s + step), device=x.device)
+        for s, e in row_passes(total, a.budget.rows()):
+            idx = torch.arange(s, max(e, s + MIN_PASS_ROWS), device=x.device).clamp_(max=e - 1)
             b, m, d = idx // (M * D), (idx // D) % M, idx % D
             k = keep[b, m]
             if patch:
                 k = a.patch_keep_to_pixels(k)
-            p = a.logits(Removal.compose(x[b], k, fill[b, d])).float().softmax(-1)
+            p = a.logits(Removal.compose(x[b], k, fill[b, d]))[: e - s].float().softmax(-1)
             if target is not None:
-                p = p.gather(1, target[b, None])[:, 0]
+                p = p.gather(1, target[b[: e - s], None])[:, 0]
             parts.append(p)
         if not parts:
             return x.new_zeros(B, M) if target is not None else x.new_zeros(B, M, a.num_classes)
@@ -304,39 +332,47 @@ class RemovalEngine:
         return out.mean(2)
 
 
+def length_quantum(num_patches: int) -> int:
+    """Padded drop sequences hold a multiple of this many patch tokens (at most 32 lengths)."""
+    return max(2, -(-num_patches // 32))
+
+
+def row_passes(n: int, step: int) -> List[Tuple[int, int]]:
+    """Passes (start, end) over ``n`` rows of ``step`` rows (at least ``MIN_PASS_ROWS``); a last
+    pass shorter than ``MIN_PASS_ROWS`` joins the one before it."""
+    step = max(int(step), MIN_PASS_ROWS)
+    out = [(s, min(n, s + step)) for s in range(0, n, step)]
+    if len(out) > 1 and out[-1][1] - out[-1][0] < MIN_PASS_ROWS:
+        out[-2:] = [(out[-2][0], n)]
+    return out
+
+
 def plan_passes(
-    counts: Sequence[int], prefix: int, tokens_per_pass: Optional[int], padded: bool
-) -> List[Tuple[int, int, int, bool]]:
-    """Passes over rows sorted by ascending kept-patch count ``counts``: (start, end, k, ragged),
-    where k is the longest row's count (the pass's patch tokens) and ``ragged`` says whether
-    some rows are shorter. Each pass holds at most ``tokens_per_pass`` tokens (prefix + k per
-    row; None = no limit) and at least one row; without ``padded`` it holds one count only."""
+    counts: Sequence[int],
+    num_patches: int,
+    prefix: int,
+    tokens_per_pass: Optional[int],
+    quantum: int = 1,
+    min_rows: int = 1,
+) -> List[Tuple[int, int, int]]:
+    """Passes (start, end, length) over rows sorted by ascending kept-patch count ``counts``.
+
+    A row's patch tokens are padded to ``length`` = its count rounded up to a multiple of
+    ``quantum`` (at most ``num_patches``): the same for a given count whatever else is in the
+    call, so a row's result does not depend on its pass-mates or the pass size. Each pass holds
+    rows of one length, at most ``tokens_per_pass`` tokens (prefix + length per row; None: no
+    limit) and at least ``min_rows`` rows (a shorter last pass of a length joins the one before).
+    """
+    out: List[Tuple[int, int, int]] = []
     n = len(counts)
-    out: List[Tuple[int, int, int, bool]] = []
     s = 0
     while s < n:
-        if padded:
-            limit = n
-        else:  # the end of this count's run
-            lo, hi = s, n
-            while lo + 1 < hi:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if counts[mid] == counts[s] else (lo, mid)
-            limit = hi
-        if tokens_per_pass is not None:
-            limit = min(limit, s + max(1, tokens_per_pass // (prefix + counts[s])))
-        # the largest e ≤ limit with (e - s) · (prefix + counts[e - 1]) ≤ tokens_per_pass
-        lo, hi = s + 1, limit
-        if tokens_per_pass is not None:
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if (mid - s) * (prefix + counts[mid - 1]) <= tokens_per_pass:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            e = lo
-        else:
-            e = limit
-        out.append((s, e, int(counts[e - 1]), counts[s] != counts[e - 1]))
+        length = min(num_patches, quantum * -(-counts[s] // quantum))
+        e = bisect.bisect_right(counts, length, s)  # the rows padded to this length
+        step = e - s if tokens_per_pass is None else max(min_rows, tokens_per_pass // (prefix + length))
+        group = [(a, min(e, a + step), length) for a in range(s, e, step)]
+        if len(group) > 1 and group[-1][1] - group[-1][0] < min_rows:
+            group[-2:] = [(group[-2][0], e, length)]
+        out.extend(group)
         s = e
     return out
