@@ -240,17 +240,19 @@ def calibrate(
 ) -> Tuple[int, Dict[int, float], float]:
     """The pass size to use, the fastest time measured for each size tried, and the time spent.
 
-    After a warm-up pass at the smallest size (it also starts the CPU thread pool), sizes
-    ``smallest``, twice that, ... up to ``ceiling`` (or ``ceiling`` alone when it is smaller)
-    are timed one pass each, in ascending order, while the next pass (predicted from the best
-    throughput so far) fits in ``seconds``. A size slower than 85 % of the best is timed once
-    more (a pause of the process looks the same as a slow size) and ends the sweep if it stays
-    slow: past the peak, on CPUs, the activations stop fitting in the caches. The best sizes
-    are then re-timed in turn while time remains, each keeping its fastest time. The choice is
-    the smallest size within 5 % of the best throughput: past the peak throughput falls fast
-    (a pass whose activations no longer fit in the caches), below it slowly (the work around
-    the model per pass), so of two sizes that measure alike the smaller is the safer; the
-    smallest size tried already amortises that work. ``forward(n)`` runs one pass of ``n``
+    After a warm-up pass of a quarter of the smallest size (it also starts the CPU thread
+    pool), sizes ``smallest``, twice that, ... up to ``ceiling`` (or ``ceiling`` alone when it
+    is smaller) are timed one pass each, in ascending order, while the next pass (predicted
+    from the best throughput so far) fits in ``seconds``. A size slower than 85 % of the best
+    is timed once more (a pause of the process looks the same as a slow size) and ends the
+    sweep if it stays slow: past the peak, on CPUs, the activations stop fitting in the caches.
+    The best sizes are then re-timed in turn while time remains, each keeping its fastest time.
+    The choice is the smallest size within 5 % of the best throughput: past the peak throughput
+    falls fast (a pass whose activations no longer fit in the caches), below it slowly (the
+    work around the model per pass), so of two sizes that measure alike the smaller is the
+    safer; the smallest size tried already amortises that work. The time spent is about
+    ``seconds`` at most, or 1.25 passes of the smallest size when one pass takes longer (a
+    ViT-S/16 at 224 px on one CPU thread: about 2 s). ``forward(n)`` runs one pass of ``n``
     inputs.
     """
 
@@ -271,7 +273,7 @@ def calibrate(
         sizes.append(n)
         n *= 2
     sizes = sizes or [ceiling]
-    forward(sizes[0])  # warm-up: lazy initialisation, allocator, thread pool
+    forward(max(1, sizes[0] // 4))  # warm-up: lazy initialisation, allocator, thread pool
     best: Dict[int, float] = {}
     for n in sizes:
         top = max((m / t for m, t in best.items()), default=None)
