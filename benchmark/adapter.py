@@ -2,9 +2,12 @@
 
 Introspection (ViT or CNN, patch grid, prefix tokens, attention modules, GradCAM layer)
 happens here, once. Inputs are always in the model's normalised input space; use
-:meth:`ModelAdapter.normalize` on images in [0, 1]. The removal operation (``masked_probs``,
-``masked_logits``) is run by the adapter's :class:`~xaibench.engine.RemovalEngine`, in passes
-sized by its :class:`~xaibench.budget.Budget`.
+:meth:`ModelAdapter.normalize` on images in [0, 1]. The adapter is assembled from three parts:
+the wrapping itself (:class:`ModelAdapter`: normalisation, outputs, description), what methods
+read inside the model (:class:`ModelInternals`: ViT tokens, attention maps, GradCAM layer), and
+the entry points of the removal operation (:class:`RemovalAccess`: ``masked_probs``,
+``masked_logits``, the pass size), which the adapter's :class:`~xaibench.engine.RemovalEngine`
+runs in passes sized by its :class:`~xaibench.budget.Budget`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,180 @@ class AttentionRecord:
         return [d[i] for i in sorted(d)]
 
 
-class ModelAdapter:
+class ModelInternals:
+    """What methods read inside the model: token embeddings and sequences of a ViT, attention
+    maps per block, GradCAM's layer and reshape. Part of :class:`ModelAdapter` (which provides
+    ``model``, ``name``, ``is_vit``, ``grid``, ``num_prefix_tokens`` and ``_select``)."""
+
+    def vit_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with position, prefix tokens first: (B, prefix + P, D)."""
+        m = self.model
+        t = m.patch_embed(x)
+        if t.ndim == 4 and not getattr(m, "dynamic_img_size", False):
+            t = t.flatten(1, 2)  # NHWC patch embeddings; dynamic-size models' _pos_embed wants NHWC
+        return m._pos_embed(t)
+
+    def vit_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits from an embedded token sequence (any subset of patch tokens after the prefix)."""
+        m = self.model
+        t = m.norm_pre(m.patch_drop(tokens))
+        t = m.norm(m.blocks(t))
+        return self._select(m.forward_head(t))
+
+    def gather_tokens(self, tokens: torch.Tensor, rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Prefix tokens plus the kept patch tokens ``kept`` (n, k) of images ``rows`` (n,)."""
+        pre = self.num_prefix_tokens
+        src = tokens[rows]
+        idx = (kept + pre)[..., None].expand(-1, -1, tokens.shape[-1])
+        return torch.cat([src[:, :pre], src.gather(1, idx)], dim=1)
+
+    # ---------------------------------------------------------- attention
+    def attention_modules(self) -> List[nn.Module]:
+        if not self.is_vit:
+            raise UserError(f"{self.name} is not a ViT: it has no attention maps")
+        mods = [blk.attn for blk in self.model.blocks]
+        if not all(hasattr(a, "attn_drop") and hasattr(a, "fused_attn") for a in mods):
+            raise UserError(
+                f"{self.name}: attention recording supports timm's standard Attention blocks only"
+            )
+        return mods
+
+    @contextlib.contextmanager
+    def record_attention(self, grad: bool = False):
+        """Within the block, forwards store each block's attention probabilities (B, heads, T, T)
+        in ``record.maps[block_index]`` (fused attention switched off), and with ``grad=True``
+        backward passes store their gradients in ``record.grads[block_index]``."""
+        mods = self.attention_modules()
+        record = AttentionRecord()
+        saved = [a.fused_attn for a in mods]
+        handles = []
+
+        def make_hook(i):
+            def hook(_module, inputs, _out):
+                attn = inputs[0]
+                record.maps[i] = attn
+                if grad and attn.requires_grad:
+                    attn.register_hook(lambda g: record.grads.__setitem__(i, g))
+
+            return hook
+
+        try:
+            for i, a in enumerate(mods):
+                a.fused_attn = False
+                handles.append(a.attn_drop.register_forward_hook(make_hook(i)))
+            yield record
+        finally:
+            for h in handles:
+                h.remove()
+            for a, f in zip(mods, saved):
+                a.fused_attn = f
+
+    def attention_mask_forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits with removed patch tokens masked out of every attention (keys), prefix kept.
+
+        The reference for ``drop``: for CLS-token models both give the same output."""
+        B, P = keep.shape
+        allowed = torch.cat(
+            [torch.ones(B, self.num_prefix_tokens, dtype=torch.bool, device=keep.device), keep], 1
+        )
+        mask = allowed[:, None, None, :].expand(-1, 1, allowed.shape[1], -1)
+        return self._select(self.model(x, attn_mask=mask))
+
+    # ---------------------------------------------------------- GradCAM
+    def gradcam_target_layers(self) -> List[nn.Module]:
+        if self.is_vit:
+            return [self.model.blocks[-1].norm1]
+        info = getattr(self.model, "feature_info", None)
+        if info is not None:
+            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+            return [self.model.get_submodule(name)]
+        for attr in ("layer4", "stages", "features"):
+            mod = getattr(self.model, attr, None)
+            if mod is not None:
+                return [mod[-1] if isinstance(mod, nn.Sequential) else mod]
+        raise UserError(f"cannot find the last convolutional stage of {self.name} for GradCAM")
+
+    def gradcam_reshape_transform(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        if not self.is_vit:
+            return None
+        pre, (gh, gw) = self.num_prefix_tokens, self.grid
+
+        def reshape(t: torch.Tensor) -> torch.Tensor:
+            return t[:, pre:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+        return reshape
+
+
+class RemovalAccess:
+    """The removal operation's entry points and the patch grid it works on. Part of
+    :class:`ModelAdapter` (which provides ``engine``, ``budget``, ``grid``, ``patch_size`` and
+    ``input_size``); the operation itself is :class:`~xaibench.engine.RemovalEngine`."""
+
+    def patch_keep_to_pixels(self, keep: torch.Tensor) -> torch.Tensor:
+        """(..., P) patch mask → (..., H, W) pixel mask (each patch's value over its cells)."""
+        lead = keep.shape[:-1]
+        grid = keep.reshape(-1, 1, *self.grid)
+        ph, pw = self.patch_size
+        if (self.grid[0] * ph, self.grid[1] * pw) == self.input_size:
+            pix = grid.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)
+        else:
+            dtype = grid.dtype
+            pix = torch.nn.functional.interpolate(grid.float(), size=self.input_size, mode="nearest").to(
+                dtype
+            )
+        return pix.reshape(*lead, *self.input_size)
+
+    @property
+    def memory_budget_mb(self) -> float:
+        return self.budget.megabytes
+
+    @property
+    def chunk_size(self) -> int:
+        """Inputs per forward pass of the removal engine: the budget's forward rows (calibrated for
+        throughput, or the ``--chunk-size`` override set here)."""
+        return self.budget.rows()
+
+    @chunk_size.setter
+    def chunk_size(self, value: int) -> None:
+        if value < 1:
+            raise UserError(f"chunk size must be ≥ 1, got {value}")
+        self.budget.forward_rows = int(value)
+
+    def masked_probs(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        removal: Removal | str = "mean",
+        ids: Optional[Sequence[str]] = None,
+        target: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Class probabilities of ``x`` with parts removed: (B, M, C), or (B, M) for ``target``
+        (no gradients; see :meth:`xaibench.engine.RemovalEngine.masked_probs`)."""
+        return self.engine.masked_probs(x, keep, removal, ids=ids, target=target)
+
+    def masked_logits(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        removal: Removal | str = "mean",
+        fill: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Differentiable logits (n, C) of n masked inputs (see
+        :meth:`xaibench.engine.RemovalEngine.masked_logits`)."""
+        return self.engine.masked_logits(x, keep, removal, fill)
+
+    def for_metrics(self, amp: Optional[str]) -> "ModelAdapter":
+        """This adapter as the metrics see it: the same model, budget and engine, with the metrics'
+        autocast setting ``metric_amp`` (read by :func:`xaibench.metrics.engine.removal_probs`
+        only, so methods' own calls never autocast). Returns ``self`` when nothing changes."""
+        if check_amp(amp) == self.metric_amp:
+            return self
+        view = copy.copy(self)
+        view.metric_amp = amp
+        return view
+
+
+class ModelAdapter(ModelInternals, RemovalAccess):
     """A classifier plus what is needed to explain it.
 
     Args:
@@ -145,171 +321,6 @@ class ModelAdapter:
 
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)
-
-    # ---------------------------------------------------------- patch helpers
-    def patch_keep_to_pixels(self, keep: torch.Tensor) -> torch.Tensor:
-        """(..., P) patch mask → (..., H, W) pixel mask (each patch's value over its cells)."""
-        lead = keep.shape[:-1]
-        grid = keep.reshape(-1, 1, *self.grid)
-        ph, pw = self.patch_size
-        if (self.grid[0] * ph, self.grid[1] * pw) == self.input_size:
-            pix = grid.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)
-        else:
-            dtype = grid.dtype
-            pix = torch.nn.functional.interpolate(grid.float(), size=self.input_size, mode="nearest").to(
-                dtype
-            )
-        return pix.reshape(*lead, *self.input_size)
-
-    # ---------------------------------------------------------- ViT internals
-    def vit_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with position, prefix tokens first: (B, prefix + P, D)."""
-        m = self.model
-        t = m.patch_embed(x)
-        if t.ndim == 4 and not getattr(m, "dynamic_img_size", False):
-            t = t.flatten(1, 2)  # NHWC patch embeddings; dynamic-size models' _pos_embed wants NHWC
-        return m._pos_embed(t)
-
-    def vit_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits from an embedded token sequence (any subset of patch tokens after the prefix)."""
-        m = self.model
-        t = m.norm_pre(m.patch_drop(tokens))
-        t = m.norm(m.blocks(t))
-        return self._select(m.forward_head(t))
-
-    def gather_tokens(self, tokens: torch.Tensor, rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        """Prefix tokens plus the kept patch tokens ``kept`` (n, k) of images ``rows`` (n,)."""
-        pre = self.num_prefix_tokens
-        src = tokens[rows]
-        idx = (kept + pre)[..., None].expand(-1, -1, tokens.shape[-1])
-        return torch.cat([src[:, :pre], src.gather(1, idx)], dim=1)
-
-    # -------------------------------------------------------- removal engine
-    # The removal engine lives in :mod:`xaibench.engine`; these are its entry points.
-    @property
-    def memory_budget_mb(self) -> float:
-        return self.budget.megabytes
-
-    @property
-    def chunk_size(self) -> int:
-        """Inputs per forward pass of the removal engine: the budget's forward rows (calibrated for
-        throughput, or the ``--chunk-size`` override set here)."""
-        return self.budget.rows()
-
-    @chunk_size.setter
-    def chunk_size(self, value: int) -> None:
-        if value < 1:
-            raise UserError(f"chunk size must be ≥ 1, got {value}")
-        self.budget.forward_rows = int(value)
-
-    def masked_probs(
-        self,
-        x: torch.Tensor,
-        keep: torch.Tensor,
-        removal: Removal | str = "mean",
-        ids: Optional[Sequence[str]] = None,
-        target: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Class probabilities of ``x`` with parts removed: (B, M, C), or (B, M) for ``target``
-        (no gradients; see :meth:`xaibench.engine.RemovalEngine.masked_probs`)."""
-        return self.engine.masked_probs(x, keep, removal, ids=ids, target=target)
-
-    def masked_logits(
-        self,
-        x: torch.Tensor,
-        keep: torch.Tensor,
-        removal: Removal | str = "mean",
-        fill: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Differentiable logits (n, C) of n masked inputs (see
-        :meth:`xaibench.engine.RemovalEngine.masked_logits`)."""
-        return self.engine.masked_logits(x, keep, removal, fill)
-
-    def for_metrics(self, amp: Optional[str]) -> "ModelAdapter":
-        """This adapter as the metrics see it: the same model, budget and engine, with the metrics'
-        autocast setting ``metric_amp`` (read by :func:`xaibench.metrics.engine.removal_probs`
-        only, so methods' own calls never autocast). Returns ``self`` when nothing changes."""
-        if check_amp(amp) == self.metric_amp:
-            return self
-        view = copy.copy(self)
-        view.metric_amp = amp
-        return view
-
-    # ---------------------------------------------------------- attention
-    def attention_modules(self) -> List[nn.Module]:
-        if not self.is_vit:
-            raise UserError(f"{self.name} is not a ViT: it has no attention maps")
-        mods = [blk.attn for blk in self.model.blocks]
-        if not all(hasattr(a, "attn_drop") and hasattr(a, "fused_attn") for a in mods):
-            raise UserError(
-                f"{self.name}: attention recording supports timm's standard Attention blocks only"
-            )
-        return mods
-
-    @contextlib.contextmanager
-    def record_attention(self, grad: bool = False):
-        """Within the block, forwards store each block's attention probabilities (B, heads, T, T)
-        in ``record.maps[block_index]`` (fused attention switched off), and with ``grad=True``
-        backward passes store their gradients in ``record.grads[block_index]``."""
-        mods = self.attention_modules()
-        record = AttentionRecord()
-        saved = [a.fused_attn for a in mods]
-        handles = []
-
-        def make_hook(i):
-            def hook(_module, inputs, _out):
-                attn = inputs[0]
-                record.maps[i] = attn
-                if grad and attn.requires_grad:
-                    attn.register_hook(lambda g: record.grads.__setitem__(i, g))
-
-            return hook
-
-        try:
-            for i, a in enumerate(mods):
-                a.fused_attn = False
-                handles.append(a.attn_drop.register_forward_hook(make_hook(i)))
-            yield record
-        finally:
-            for h in handles:
-                h.remove()
-            for a, f in zip(mods, saved):
-                a.fused_attn = f
-
-    def attention_mask_forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Logits with removed patch tokens masked out of every attention (keys), prefix kept.
-
-        The reference for ``drop``: for CLS-token models both give the same output."""
-        B, P = keep.shape
-        allowed = torch.cat(
-            [torch.ones(B, self.num_prefix_tokens, dtype=torch.bool, device=keep.device), keep], 1
-        )
-        mask = allowed[:, None, None, :].expand(-1, 1, allowed.shape[1], -1)
-        return self._select(self.model(x, attn_mask=mask))
-
-    # ---------------------------------------------------------- GradCAM
-    def gradcam_target_layers(self) -> List[nn.Module]:
-        if self.is_vit:
-            return [self.model.blocks[-1].norm1]
-        info = getattr(self.model, "feature_info", None)
-        if info is not None:
-            name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-            return [self.model.get_submodule(name)]
-        for attr in ("layer4", "stages", "features"):
-            mod = getattr(self.model, attr, None)
-            if mod is not None:
-                return [mod[-1] if isinstance(mod, nn.Sequential) else mod]
-        raise UserError(f"cannot find the last convolutional stage of {self.name} for GradCAM")
-
-    def gradcam_reshape_transform(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-        if not self.is_vit:
-            return None
-        pre, (gh, gw) = self.num_prefix_tokens, self.grid
-
-        def reshape(t: torch.Tensor) -> torch.Tensor:
-            return t[:, pre:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
-
-        return reshape
 
     def describe(self) -> dict:
         return {

@@ -187,39 +187,17 @@ class Budget:
                         except (OSError, ValueError):
                             record = None  # unreadable: measure again and overwrite
                     if record is None or record.get("key") != key:
-                        record = self._measure_record(key)
+                        record = measure_calibration(self, key)
                         write_json(path, record)
             except OSError as exc:  # an unwritable cache costs reproducibility across runs, not the run
                 log.warning(f"cannot store the pass-size calibration in {directory} ({exc}); kept in memory")
         if record is None:
-            record = self._measure_record(key)
+            record = measure_calibration(self, key)
         _CHOSEN[digest] = record
         self.calibration = record
         rows = max(1, min(int(record["rows"]), key["ceiling"]))
         self._chosen[memo] = rows
         return rows
-
-    def _measure_record(self, key: dict) -> dict:
-        # a pass as the engine makes it: gather the images of a batch (distinct memory for every
-        # input, as real inputs have), compose them with a fill, forward, softmax
-        g = torch.Generator().manual_seed(0)
-        images = torch.randn(32, 3, *self.input_size, generator=g).to(self.device)
-
-        def forward(n: int) -> None:
-            b = torch.arange(n, device=self.device) % len(images)
-            keep = (b % 2 == 0)[:, None, None, None]
-            self.model(torch.where(keep, images[b], 0.0)).float().softmax(-1)
-
-        smallest = MIN_CALIBRATED_ROWS * (key["threads"] or 1)
-        with torch.inference_mode(), _eval_mode(self.model):
-            rows, timings, seconds = calibrate(forward, key["ceiling"], self.device, smallest=smallest)
-        return {
-            "rows": rows,
-            "source": "measured",
-            "key": key,
-            "inputs_per_second": {str(n): round(n / t, 1) for n, t in sorted(timings.items())},
-            "seconds": round(seconds, 3),
-        }
 
     def describe(self) -> dict:
         """What sized the forward passes (for a run's config.json)."""
@@ -229,6 +207,30 @@ class Budget:
             return {"rows": self.ceiling(), "source": "memory"}
         rows = self.rows()
         return {"rows": rows, **{k: v for k, v in (self.calibration or {}).items() if k != "rows"}}
+
+
+def measure_calibration(budget: Budget, key: dict) -> dict:
+    """Calibrate ``budget``'s model on its device: the record stored under ``key``."""
+    # a pass as the engine makes it: gather the images of a batch (distinct memory for every
+    # input, as real inputs have), compose them with a fill, forward, softmax
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(32, 3, *budget.input_size, generator=g).to(budget.device)
+
+    def forward(n: int) -> None:
+        b = torch.arange(n, device=budget.device) % len(images)
+        keep = (b % 2 == 0)[:, None, None, None]
+        budget.model(torch.where(keep, images[b], 0.0)).float().softmax(-1)
+
+    smallest = MIN_CALIBRATED_ROWS * (key["threads"] or 1)
+    with torch.inference_mode(), _eval_mode(budget.model):
+        rows, timings, seconds = calibrate(forward, key["ceiling"], budget.device, smallest=smallest)
+    return {
+        "rows": rows,
+        "source": "measured",
+        "key": key,
+        "inputs_per_second": {str(n): round(n / t, 1) for n, t in sorted(timings.items())},
+        "seconds": round(seconds, 3),
+    }
 
 
 def calibrate(

@@ -104,9 +104,8 @@ class RemovalEngine:
 
     def __init__(self, adapter) -> None:
         self.adapter = adapter
-        self._pool: Optional[str] = None  # how padded drop passes treat the head: see _pool_mode
+        self._pool: Optional[str] = None  # how padded drop passes treat the head: see pool_mode
 
-    # ---------------------------------------------------------------- public
     def masked_probs(
         self,
         x: torch.Tensor,
@@ -141,7 +140,7 @@ class RemovalEngine:
             if removal.strategy == "drop":
                 probs = self._dropped(x, keep, target)
             else:
-                probs = self._filled(x, keep, removal, ids, target)
+                probs = filled_probs(self.adapter, x, keep, removal, ids, target)
         return probs.clone()  # a normal tensor: callers may use it in autograd
 
     def masked_logits(
@@ -162,7 +161,7 @@ class RemovalEngine:
         if removal.strategy == "drop":
             self._check_drop(keep[:, None])
             image = torch.arange(len(x), device=x.device)
-            return self._drop_logits(a.vit_embed(x), keep, image, tokens_per_pass=None, padded=False)
+            return drop_logits(a, "exact", a.vit_embed(x), keep, image, tokens_per_pass=None)
         if keep.ndim == 2:
             keep = a.patch_keep_to_pixels(keep)
         if fill is None:
@@ -171,7 +170,11 @@ class RemovalEngine:
             fill = removal.fill(x)[:, 0]
         return a.logits(Removal.compose(x, keep, fill))
 
-    # ------------------------------------------------------------------ drop
+    def pool_mode(self) -> str:
+        if self._pool is None:
+            self._pool = pool_mode(self.adapter)
+        return self._pool
+
     def _check_drop(self, keep: torch.Tensor) -> None:
         a = self.adapter
         if not a.is_vit:
@@ -184,152 +187,150 @@ class RemovalEngine:
         a = self.adapter
         B, M, P = keep.shape
         image = torch.arange(B, device=x.device).repeat_interleave(M)
-        select = None if target is None else target[image]
-        tokens_per_pass = a.budget.rows() * (a.num_prefix_tokens + P)
-        out = self._drop_logits(
+        rows = a.budget.rows()
+        out = drop_logits(
+            a,
+            self.pool_mode(),
             a.vit_embed(x),
             keep.reshape(B * M, P),
             image,
-            tokens_per_pass=tokens_per_pass,
-            padded=self._pool_mode() != "exact",
-            select=select,
+            tokens_per_pass=rows * (a.num_prefix_tokens + P),
+            min_rows=min(MIN_PASS_ROWS, rows),
+            select=None if target is None else target[image],
         )
         if target is not None:
             return out.view(B, M)
         return out.float().softmax(-1).view(B, M, -1)
 
-    def _drop_logits(
-        self,
-        tokens: torch.Tensor,
-        keep: torch.Tensor,
-        image: torch.Tensor,
-        tokens_per_pass: Optional[int],
-        padded: bool,
-        select: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Outputs for the rows of ``keep`` (n, P) with the removed patch tokens left out; row i
-        uses the embedded tokens (B, prefix + P, D) of image ``image[i]``.
 
-        Rows are sorted by their number of kept patches and cut into passes (:func:`plan_passes`)
-        of at most ``tokens_per_pass`` tokens (None: one pass per length, no minimum). With
-        ``padded`` a row's sequence is padded to its count rounded up to the length quantum and
-        the padding masked out of attention; otherwise each pass holds one count, unpadded.
-        Returns logits (n, C), or, with ``select`` (n,) classes, float32 probabilities of those
-        classes (n,).
-        """
-        pre = self.adapter.num_prefix_tokens
-        n, P = keep.shape
-        counts = keep.sum(1)
-        order = counts.argsort(stable=True)
-        host_counts = counts[order].cpu()  # the one read-back: the plan of passes
-        if pre == 0 and n and int(host_counts[0]) == 0:
-            raise ValueError("removal 'drop' removed every token of a model without prefix tokens")
-        chunked = tokens_per_pass is not None
-        plan = plan_passes(
-            host_counts.tolist(),
-            P,
-            pre,
-            tokens_per_pass,
-            quantum=length_quantum(P) if padded else 1,
-            min_rows=MIN_PASS_ROWS if chunked else 1,
-        )
-        parts: List[torch.Tensor] = []
-        for s, e, length in plan:
-            rows = order[s:e]
-            if e - s < MIN_PASS_ROWS and chunked:  # repeat the last row: see MIN_PASS_ROWS
-                rows = torch.cat([rows, rows[-1:].expand(MIN_PASS_ROWS - (e - s))])
-            sub = keep[rows]
-            # kept patches first, in patch order; a padded row's tail holds removed patches,
-            # masked out of attention
-            kept = (~sub).to(torch.uint8).argsort(dim=1, stable=True)[:, :length]
-            img = image[rows]
-            seq = torch.cat([tokens[img, :pre], tokens[img[:, None], kept + pre]], dim=1)
-            logits = self._token_logits(seq, sub.gather(1, kept) if padded else None)[: e - s]
-            if select is not None:
-                logits = logits.float().softmax(-1).gather(1, select[rows[: e - s], None])[:, 0]
-            parts.append(logits)
-        if not parts:
-            width = () if select is not None else (self.adapter.num_classes,)
-            return tokens.new_zeros(0, *width)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(n, device=order.device)
-        return torch.cat(parts)[inverse]
+def drop_logits(
+    adapter,
+    pool: str,
+    tokens: torch.Tensor,
+    keep: torch.Tensor,
+    image: torch.Tensor,
+    tokens_per_pass: Optional[int],
+    min_rows: int = 1,
+    select: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Outputs for the rows of ``keep`` (n, P) with the removed patch tokens left out; row i
+    uses the embedded tokens (B, prefix + P, D) of image ``image[i]``.
 
-    def _token_logits(self, seq: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-        """Logits of embedded sequences (r, prefix + k, D); ``valid`` (r, k) marks the real patch
-        tokens of a padded pass (None: every token is real)."""
-        a = self.adapter
-        m = a.model
-        if valid is None:
-            return a.vit_from_tokens(seq)
-        pre = a.num_prefix_tokens
-        allowed = torch.cat([valid.new_ones(valid.shape[0], pre), valid], dim=1)
-        mask = allowed[:, None, None, :]  # keys only: (r, 1, 1, L) broadcasts over heads and queries
-        t = m.norm_pre(m.patch_drop(seq))
-        for blk in m.blocks:
-            t = blk(t, attn_mask=mask)
-        t = m.norm(t)
-        if self._pool_mode() == "mean":
-            start = 0 if getattr(m, "pool_include_prefix", False) else pre
-            real = allowed[:, start:, None]
-            body = t[:, start:]
-            mean = (body * real).sum(1, keepdim=True) / real.sum(1, keepdim=True)
-            t = torch.cat([t[:, :start], torch.where(real, body, mean.to(body.dtype))], dim=1)
-        return a._select(m.forward_head(t))
+    Rows are sorted by their number of kept patches and cut into passes (:func:`plan_passes`)
+    of at most ``tokens_per_pass`` tokens (None: one pass per count) and at least ``min_rows``
+    rows (a shorter pass repeats its last row). Unless ``pool`` is ``exact`` (see
+    :func:`pool_mode`), a row's patch tokens are padded to its count rounded up to the length
+    quantum and the padding is masked out of attention; otherwise each pass holds one count,
+    unpadded. Returns logits (n, C), or, with ``select`` (n,) classes, float32 probabilities of
+    those classes (n,).
+    """
+    pre = adapter.num_prefix_tokens
+    n, P = keep.shape
+    counts = keep.sum(1)
+    order = counts.argsort(stable=True)
+    host_counts = counts[order].cpu()  # the one read-back: the plan of passes
+    if pre == 0 and n and int(host_counts[0]) == 0:
+        raise ValueError("removal 'drop' removed every token of a model without prefix tokens")
+    padded = pool != "exact"
+    quantum = length_quantum(P) if padded else 1
+    parts: List[torch.Tensor] = []
+    for s, e, length in plan_passes(host_counts.tolist(), P, pre, tokens_per_pass, quantum, min_rows):
+        rows = pad_rows(order[s:e], min_rows)
+        sub = keep[rows]
+        # kept patches first, in patch order; a padded row's tail holds removed patches, masked out
+        kept = (~sub).to(torch.uint8).argsort(dim=1, stable=True)[:, :length]
+        img = image[rows]
+        seq = torch.cat([tokens[img, :pre], tokens[img[:, None], kept + pre]], dim=1)
+        logits = token_logits(adapter, pool, seq, sub.gather(1, kept) if padded else None)[: e - s]
+        if select is not None:
+            logits = logits.float().softmax(-1).gather(1, select[rows[: e - s], None])[:, 0]
+        parts.append(logits)
+    if not parts:
+        return tokens.new_zeros(0, *(() if select is not None else (adapter.num_classes,)))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n, device=order.device)
+    return torch.cat(parts)[inverse]
 
-    def _pool_mode(self) -> str:
-        """``token`` (the head reads a prefix token: padding is invisible to it), ``mean`` (average
-        or max pooling: padded positions take the row's mean token), or ``exact`` (no padding:
-        blocks without ``attn_mask``, attention pooling, or an unknown head)."""
-        if self._pool is None:
-            m = self.adapter.model
-            blocks_take_mask = all(
-                "attn_mask" in inspect.signature(type(b).forward).parameters for b in m.blocks
-            )
-            pool = getattr(m, "global_pool", None)
-            if not blocks_take_mask or getattr(m, "attn_pool", None) is not None:
-                self._pool = "exact"
-            elif pool == "token" and self.adapter.num_prefix_tokens > 0:
-                self._pool = "token"
-            elif pool in _MEAN_NEUTRAL_POOLS:
-                self._pool = "mean"
-            else:
-                self._pool = "exact"
-        return self._pool
 
-    # ----------------------------------------------------------------- fills
-    def _filled(
-        self,
-        x: torch.Tensor,
-        keep: torch.Tensor,
-        removal: Removal,
-        ids: Optional[Sequence[str]],
-        target: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        a = self.adapter
-        patch = keep.ndim == 3
-        if patch and keep.shape[2] != a.num_patches:
-            raise ValueError(f"patch mask has {keep.shape[2]} patches, the model has {a.num_patches}")
-        B, M = keep.shape[:2]
-        fill = removal.fill(x, ids)  # from the clean images, once
-        D = fill.shape[1]
-        total = B * M * D
-        parts: List[torch.Tensor] = []
-        for s, e in row_passes(total, a.budget.rows()):
-            idx = torch.arange(s, max(e, s + MIN_PASS_ROWS), device=x.device).clamp_(max=e - 1)
-            b, m, d = idx // (M * D), (idx // D) % M, idx % D
-            k = keep[b, m]
-            if patch:
-                k = a.patch_keep_to_pixels(k)
-            p = a.logits(Removal.compose(x[b], k, fill[b, d]))[: e - s].float().softmax(-1)
-            if target is not None:
-                p = p.gather(1, target[b[: e - s], None])[:, 0]
-            parts.append(p)
-        if not parts:
-            return x.new_zeros(B, M) if target is not None else x.new_zeros(B, M, a.num_classes)
-        out = torch.cat(parts)
-        out = out.view(B, M, D) if target is not None else out.view(B, M, D, -1)
-        return out.mean(2)
+def token_logits(adapter, pool: str, seq: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Logits of embedded sequences (r, prefix + k, D); ``valid`` (r, k) marks the real patch
+    tokens of a padded pass (None: every token is real)."""
+    m = adapter.model
+    if valid is None:
+        return adapter.vit_from_tokens(seq)
+    pre = adapter.num_prefix_tokens
+    allowed = torch.cat([valid.new_ones(valid.shape[0], pre), valid], dim=1)
+    mask = allowed[:, None, None, :]  # keys only: (r, 1, 1, L) broadcasts over heads and queries
+    t = m.norm_pre(m.patch_drop(seq))
+    for blk in m.blocks:
+        t = blk(t, attn_mask=mask)
+    t = m.norm(t)
+    if pool == "mean":
+        start = 0 if getattr(m, "pool_include_prefix", False) else pre
+        real = allowed[:, start:, None]
+        body = t[:, start:]
+        mean = (body * real).sum(1, keepdim=True) / real.sum(1, keepdim=True)
+        t = torch.cat([t[:, :start], torch.where(real, body, mean.to(body.dtype))], dim=1)
+    return adapter._select(m.forward_head(t))
+
+
+def pool_mode(adapter) -> str:
+    """How a padded drop pass treats the model's head: ``token`` (the head reads a prefix token:
+    padding is invisible to it), ``mean`` (average or max pooling: padded positions take the
+    row's mean token), or ``exact`` (no padding: blocks without ``attn_mask``, attention
+    pooling, or an unknown head)."""
+    m = adapter.model
+    blocks_take_mask = all("attn_mask" in inspect.signature(type(b).forward).parameters for b in m.blocks)
+    pool = getattr(m, "global_pool", None)
+    if not blocks_take_mask or getattr(m, "attn_pool", None) is not None:
+        return "exact"
+    if pool == "token" and adapter.num_prefix_tokens > 0:
+        return "token"
+    return "mean" if pool in _MEAN_NEUTRAL_POOLS else "exact"
+
+
+def filled_probs(
+    adapter,
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    removal: Removal,
+    ids: Optional[Sequence[str]],
+    target: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """``masked_probs`` for the filling strategies: (B, M, C), or (B, M) for ``target``."""
+    a = adapter
+    patch = keep.ndim == 3
+    if patch and keep.shape[2] != a.num_patches:
+        raise ValueError(f"patch mask has {keep.shape[2]} patches, the model has {a.num_patches}")
+    B, M = keep.shape[:2]
+    fill = removal.fill(x, ids)  # from the clean images, once
+    D = fill.shape[1]
+    total = B * M * D
+    step = a.budget.rows()
+    min_rows = min(MIN_PASS_ROWS, step)
+    parts: List[torch.Tensor] = []
+    for s, e in row_passes(total, step, min_rows):
+        idx = pad_rows(torch.arange(s, e, device=x.device), min_rows)
+        b, m, d = idx // (M * D), (idx // D) % M, idx % D
+        k = keep[b, m]
+        if patch:
+            k = a.patch_keep_to_pixels(k)
+        p = a.logits(Removal.compose(x[b], k, fill[b, d]))[: e - s].float().softmax(-1)
+        if target is not None:
+            p = p.gather(1, target[b[: e - s], None])[:, 0]
+        parts.append(p)
+    if not parts:
+        return x.new_zeros(B, M) if target is not None else x.new_zeros(B, M, a.num_classes)
+    out = torch.cat(parts)
+    out = out.view(B, M, D) if target is not None else out.view(B, M, D, -1)
+    return out.mean(2)
+
+
+def pad_rows(rows: torch.Tensor, min_rows: int) -> torch.Tensor:
+    """``rows`` with its last entry repeated up to ``min_rows`` entries (see ``MIN_PASS_ROWS``)."""
+    if len(rows) >= min_rows:
+        return rows
+    return torch.cat([rows, rows[-1:].expand(min_rows - len(rows))])
 
 
 def length_quantum(num_patches: int) -> int:
@@ -337,14 +338,20 @@ def length_quantum(num_patches: int) -> int:
     return max(2, -(-num_patches // 32))
 
 
-def row_passes(n: int, step: int) -> List[Tuple[int, int]]:
-    """Passes (start, end) over ``n`` rows of ``step`` rows (at least ``MIN_PASS_ROWS``); a last
-    pass shorter than ``MIN_PASS_ROWS`` joins the one before it."""
-    step = max(int(step), MIN_PASS_ROWS)
-    out = [(s, min(n, s + step)) for s in range(0, n, step)]
-    if len(out) > 1 and out[-1][1] - out[-1][0] < MIN_PASS_ROWS:
-        out[-2:] = [(out[-2][0], n)]
+def _split(start: int, end: int, step: int, min_rows: int) -> List[Tuple[int, int]]:
+    """Consecutive passes of ``step`` rows over [start, end); a last pass shorter than
+    ``min_rows`` takes rows from the one before it when that one keeps ``min_rows``."""
+    out = [(s, min(end, s + step)) for s in range(start, end, step)]
+    if len(out) > 1 and out[-1][1] - out[-1][0] < min_rows:
+        (a, b), (_, c) = out[-2:]
+        if (b - a) - (min_rows - (c - b)) >= min_rows:
+            out[-2:] = [(a, c - min_rows), (c - min_rows, c)]
     return out
+
+
+def row_passes(n: int, step: int, min_rows: int = MIN_PASS_ROWS) -> List[Tuple[int, int]]:
+    """Passes (start, end) of at most ``step`` rows over ``n`` rows (see :func:`_split`)."""
+    return _split(0, n, max(1, int(step)), min_rows)
 
 
 def plan_passes(
@@ -360,8 +367,8 @@ def plan_passes(
     A row's patch tokens are padded to ``length`` = its count rounded up to a multiple of
     ``quantum`` (at most ``num_patches``): the same for a given count whatever else is in the
     call, so a row's result does not depend on its pass-mates or the pass size. Each pass holds
-    rows of one length, at most ``tokens_per_pass`` tokens (prefix + length per row; None: no
-    limit) and at least ``min_rows`` rows (a shorter last pass of a length joins the one before).
+    rows of one length and at most ``tokens_per_pass`` tokens (prefix + length per row; None: no
+    limit); a short last pass of a length is evened out with the one before (:func:`_split`).
     """
     out: List[Tuple[int, int, int]] = []
     n = len(counts)
@@ -370,9 +377,6 @@ def plan_passes(
         length = min(num_patches, quantum * -(-counts[s] // quantum))
         e = bisect.bisect_right(counts, length, s)  # the rows padded to this length
         step = e - s if tokens_per_pass is None else max(min_rows, tokens_per_pass // (prefix + length))
-        group = [(a, min(e, a + step), length) for a in range(s, e, step)]
-        if len(group) > 1 and group[-1][1] - group[-1][0] < min_rows:
-            group[-2:] = [(group[-2][0], e, length)]
-        out.extend(group)
+        out.extend((a, b, length) for a, b in _split(s, e, step, min_rows))
         s = e
     return out

@@ -8,7 +8,7 @@ from conftest import SYNTH_MEAN, SYNTH_STD
 
 from xaibench.adapter import ModelAdapter
 from xaibench.attribution import Attribution
-from xaibench.engine import plan_passes, row_passes
+from xaibench.engine import MIN_PASS_ROWS, plan_passes, row_passes
 from xaibench.errors import UserError
 from xaibench.metrics import Batch, EvalContext, create_metric
 from xaibench.removal import Removal
@@ -65,7 +65,7 @@ def test_packed_drop_equals_one_at_a_time_dropping(name):
     keep = _keep(3, 10, adapter.num_patches, seed=2)
     reference = _one_at_a_time(adapter, x, keep)
     expected_mode = "exact" if "attention pool" in name else ("token" if "token" in name else None)
-    mode = adapter.engine._pool_mode()
+    mode = adapter.engine.pool_mode()
     if expected_mode:
         assert mode == expected_mode
     else:
@@ -82,26 +82,43 @@ def test_packed_drop_equals_one_at_a_time_dropping(name):
 def test_pass_plans_pad_by_count_only_and_respect_the_token_budget():
     counts = [1, 1, 2, 3, 3, 3, 7, 8, 8, 8, 8, 8, 8, 8, 8, 16, 16]
     passes = plan_passes(counts, 16, prefix=5, tokens_per_pass=60, quantum=2, min_rows=2)
-    assert passes[0][0] == 0 and passes[-1][1] == len(counts)
-    for (s, e, length), nxt in zip(passes, passes[1:] + [None]):
-        assert all(length == min(16, 2 * -(-c // 2)) for c in counts[s:e])  # a row's length: its count
-        assert (e - s) * (5 + length) <= 60 or e - s < 2 * max(2, 60 // (5 + length))
-        assert e - s >= 2 or counts.count(counts[s]) < 2
-        if nxt is not None:
-            assert nxt[0] == e
-    assert [p for p in passes if p[2] == 8] == [(6, 10, 8), (10, 15, 8)]  # 4 rows of 13 tokens, then 5
-    assert [p for p in passes if p[2] == 2] == [(0, 3, 2)]  # counts 1 and 2 share a length
-    exact = plan_passes(counts, 16, prefix=5, tokens_per_pass=None)
-    assert [(s, e, k) for s, e, k in exact] == [
-        (0, 2, 1),
-        (2, 3, 2),
-        (3, 6, 3),
-        (6, 7, 7),
-        (7, 15, 8),
+    assert passes == [
+        (0, 3, 2),  # counts 1 and 2 share the padded length 2
+        (3, 6, 4),
+        (6, 10, 8),  # 4 rows of 5 + 8 tokens fit 60; the 9 rows of length 8 are split 4, 3, 2
+        (10, 13, 8),
+        (13, 15, 8),
         (15, 17, 16),
     ]
-    assert row_passes(10, 4) == [(0, 4), (4, 10)] and row_passes(3, 64) == [(0, 3)]
-    assert row_passes(9, 1) == [(0, 4), (4, 9)]  # never fewer than MIN_PASS_ROWS when there are more
+    for s, e, length in passes:
+        assert all(length == min(16, 2 * -(-c // 2)) for c in counts[s:e])  # a row's length: its count
+        assert (e - s) * (5 + length) <= 60 and e - s >= 2
+    exact = plan_passes(counts, 16, prefix=5, tokens_per_pass=None)
+    assert exact == [(0, 2, 1), (2, 3, 2), (3, 6, 3), (6, 7, 7), (7, 15, 8), (15, 17, 16)]
+    assert row_passes(70, 64) == [(0, 64), (64, 70)]
+    assert row_passes(66, 64) == [(0, 62), (62, 66)]  # a short last pass is evened out
+    assert row_passes(10, 4) == [(0, 4), (4, 8), (8, 10)]  # cannot be: the engine repeats a row
+    assert row_passes(3, 64) == [(0, 3)]
+
+
+def test_small_budgets_are_respected_and_short_passes_padded():
+    adapter = _vit(reg_tokens=2, no_embed_class=True)  # 3 prefix tokens + 16 patches
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    keep = _keep(2, 5, 16, seed=11)
+    tokens = []  # tokens per pass (rows × sequence length) at the first block
+    adapter.model.blocks[0].register_forward_pre_hook(
+        lambda _m, a: tokens.append(a[0].shape[0] * a[0].shape[1])
+    )
+    adapter.chunk_size = 2  # a budget below MIN_PASS_ROWS wins over it
+    reference = _one_at_a_time(adapter, x, keep)
+    tokens.clear()
+    torch.testing.assert_close(adapter.masked_probs(x, keep, "drop"), reference, atol=1e-5, rtol=0)
+    adapter.masked_probs(x, keep, "mean")
+    assert tokens and max(tokens) <= 2 * 19
+    adapter.chunk_size = 64
+    tokens.clear()
+    adapter.masked_probs(x[:1], keep[:1, :1], "mean")  # one input: repeated up to MIN_PASS_ROWS
+    assert tokens == [MIN_PASS_ROWS * 19]
 
 
 @pytest.mark.parametrize("name", ["cls+registers, token pool", "no cls, 1 register, avg pool"])
