@@ -2,12 +2,18 @@
 
 Introspection (ViT or CNN, patch grid, prefix tokens, attention modules, GradCAM layer)
 happens here, once. Inputs are always in the model's normalised input space; use
-:meth:`ModelAdapter.normalize` on images in [0, 1].
+:meth:`ModelAdapter.normalize` on images in [0, 1]. The adapter is assembled from three parts:
+the wrapping itself (:class:`ModelAdapter`: normalisation, outputs, description), what methods
+read inside the model (:class:`ModelInternals`: ViT tokens, attention maps, GradCAM layer), and
+the entry points of the removal operation (:class:`RemovalAccess`: ``masked_probs``,
+``masked_logits``, the pass size), which the adapter's :class:`~xaibench.engine.RemovalEngine`
+runs in passes sized by its :class:`~xaibench.budget.Budget`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -15,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .budget import Budget
+from .engine import RemovalEngine, check_amp
 from .errors import UserError
 from .removal import Removal
 
@@ -38,123 +45,17 @@ class AttentionRecord:
         return [d[i] for i in sorted(d)]
 
 
-class ModelAdapter:
-    """A classifier plus what is needed to explain it.
+class ModelInternals:
+    """What methods read inside the model: token embeddings and sequences of a ViT, attention
+    maps per block, GradCAM's layer and reshape. Part of :class:`ModelAdapter` (which provides
+    ``model``, ``name``, ``is_vit``, ``grid``, ``num_prefix_tokens`` and ``_select``)."""
 
-    Args:
-        model: an ``nn.Module`` mapping normalised images (B, 3, H, W) to logits.
-        mean, std: per-channel normalisation of the model's inputs.
-        input_size: (H, W) the model expects.
-        class_indices: optional subset of the model's logits that form the task's classes
-            (e.g. the 10 ImageNet classes of Imagenette); all outputs are restricted to it.
-        patch_size: size of the removal grid's cells for CNNs (ViTs use their own patches).
-        memory_budget_mb: the memory :class:`~xaibench.budget.Budget` of one pass (default: 1 GiB on
-            the CPU, a quarter of the free memory on CUDA).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        input_size: Tuple[int, int],
-        class_indices: Optional[Sequence[int]] = None,
-        patch_size: Optional[int] = None,
-        device: str | torch.device = "cpu",
-        name: str = "",
-        memory_budget_mb: Optional[float] = None,
-        class_names: Optional[Sequence[str]] = None,
-    ) -> None:
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.name = name or type(model).__name__
-        self.input_size = tuple(int(s) for s in input_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.class_indices = (
-            torch.as_tensor(class_indices, dtype=torch.long, device=self.device)
-            if class_indices is not None
-            else None
-        )
-        self.class_names = list(class_names) if class_names is not None else None
-        self.is_vit = _is_timm_vit(model)
-        if self.is_vit:
-            self.patch_size = tuple(model.patch_embed.patch_size)
-            self.grid = tuple(model.patch_embed.grid_size)
-            self.num_prefix_tokens = int(model.num_prefix_tokens)
-        else:
-            ps = patch_size or (16 if min(self.input_size) >= 128 and min(self.input_size) % 16 == 0 else 8)
-            self.patch_size = (ps, ps)
-            self.grid = (self.input_size[0] // ps, self.input_size[1] // ps)
-            self.num_prefix_tokens = 0
-        if min(self.grid) < 1:
-            raise UserError(f"patch size {self.patch_size} is larger than the input {self.input_size}")
-        self.budget = Budget(self.model, self.input_size, self.device, memory_budget_mb)
-        self._num_classes: Optional[int] = None
-
-    # ----------------------------------------------------------------- basics
-    @property
-    def arch(self) -> str:
-        return "vit" if self.is_vit else "cnn"
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def num_classes(self) -> int:
-        if self._num_classes is None:
-            with torch.no_grad():
-                self._num_classes = self.logits(
-                    torch.zeros(1, 3, *self.input_size, device=self.device)
-                ).shape[1]
-        return self._num_classes
-
-    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
-        return (images01.to(self.device) - self.mean) / self.std
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
-
-    def _select(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.class_indices is None else logits.index_select(1, self.class_indices)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._select(self.model(x))
-
-    def probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x).softmax(-1)
-
-    def forward_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The logits function as a plain callable (for captum and friends)."""
-        return self.logits
-
-    def zero_grad(self) -> None:
-        self.model.zero_grad(set_to_none=True)
-
-    # ---------------------------------------------------------- patch helpers
-    def patch_keep_to_pixels(self, keep: torch.Tensor) -> torch.Tensor:
-        """(..., P) patch mask → (..., H, W) pixel mask (each patch's value over its cells)."""
-        lead = keep.shape[:-1]
-        grid = keep.reshape(-1, 1, *self.grid)
-        ph, pw = self.patch_size
-        if (self.grid[0] * ph, self.grid[1] * pw) == self.input_size:
-            pix = grid.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)
-        else:
-            dtype = grid.dtype
-            pix = torch.nn.functional.interpolate(grid.float(), size=self.input_size, mode="nearest").to(
-                dtype
-            )
-        return pix.reshape(*lead, *self.input_size)
-
-    # ---------------------------------------------------------- ViT internals
     def vit_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Token embeddings with position, prefix tokens first: (B, prefix + P, D)."""
         m = self.model
         t = m.patch_embed(x)
-        if t.ndim == 4:  # NHWC patch embeddings (dynamic-size models)
-            t = t.flatten(1, 2)
+        if t.ndim == 4 and not getattr(m, "dynamic_img_size", False):
+            t = t.flatten(1, 2)  # NHWC patch embeddings; dynamic-size models' _pos_embed wants NHWC
         return m._pos_embed(t)
 
     def vit_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -170,142 +71,6 @@ class ModelAdapter:
         src = tokens[rows]
         idx = (kept + pre)[..., None].expand(-1, -1, tokens.shape[-1])
         return torch.cat([src[:, :pre], src.gather(1, idx)], dim=1)
-
-    # -------------------------------------------------------- removal engine
-    @property
-    def memory_budget_mb(self) -> float:
-        return self.budget.megabytes
-
-    @property
-    def chunk_size(self) -> int:
-        """Inputs per forward in the removal engine (the budget's forward rows)."""
-        return self.budget.rows()
-
-    @chunk_size.setter
-    def chunk_size(self, value: int) -> None:
-        if value < 1:
-            raise UserError(f"chunk size must be ≥ 1, got {value}")
-        self.budget.forward_rows = int(value)
-
-    def masked_probs(
-        self,
-        x: torch.Tensor,
-        keep: torch.Tensor,
-        removal: Removal | str = "mean",
-        ids: Optional[Sequence[str]] = None,
-        target: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Class probabilities of ``x`` with parts removed.
-
-        Args:
-            x: clean inputs (B, 3, H, W), normalised.
-            keep: which parts stay: a boolean patch mask (B, M, P) or a pixel mask (B, M, H, W)
-                (bool, or float in [0, 1] for soft masks; not for ``drop``).
-            removal: a :class:`Removal` or a strategy name.
-            ids: image ids (seed the distractor draws).
-            target: optional (B,) class per image; then only that column is returned.
-        Returns:
-            (B, M, C) probabilities, or (B, M) for ``target``; averaged over distractor draws.
-        No gradients flow; chunked to the memory budget.
-        """
-        removal = Removal(removal) if isinstance(removal, str) else removal
-        if keep.ndim != 3 and keep.ndim != 4:
-            raise ValueError(f"keep must be (B, M, P) or (B, M, H, W), got {tuple(keep.shape)}")
-        if keep.shape[0] != x.shape[0]:
-            raise ValueError(f"keep has {keep.shape[0]} rows for {x.shape[0]} images")
-        keep = keep.to(x.device)
-        with torch.no_grad():
-            if removal.strategy == "drop":
-                probs = self._dropped_probs(x, keep)
-            else:
-                probs = self._filled_probs(x, keep, removal, ids)
-        if target is not None:
-            return probs.gather(2, target.to(probs.device).view(-1, 1, 1).expand(-1, probs.shape[1], 1))[
-                ..., 0
-            ]
-        return probs
-
-    def masked_logits(
-        self,
-        x: torch.Tensor,
-        keep: torch.Tensor,
-        removal: Removal | str = "mean",
-        fill: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Logits (n, C) of n inputs with one mask each, differentiable (for training on masked inputs).
-
-        keep: (n, P) boolean patch mask, or (n, H, W) pixel mask (not for ``drop``);
-        fill: (n, 3, H, W) what removed pixels become (default: the strategy's first fill).
-        """
-        removal = Removal(removal) if isinstance(removal, str) else removal
-        if removal.strategy == "drop":
-            self._check_drop(keep[:, None])
-            return self._drop_forward(
-                self.vit_embed(x), keep, torch.arange(len(x), device=x.device), chunked=False
-            )
-        if keep.ndim == 2:
-            keep = self.patch_keep_to_pixels(keep)
-        if fill is None:
-            if removal.strategy == "distractor":
-                raise ValueError("masked_logits with distractor removal needs an explicit fill")
-            fill = removal.fill(x)[:, 0]
-        return self.logits(Removal.compose(x, keep, fill))
-
-    def _check_drop(self, keep: torch.Tensor) -> None:
-        if not self.is_vit:
-            raise UserError(f"removal 'drop' needs a ViT; {self.name} is a CNN: use mean, blur or distractor")
-        if keep.ndim != 3 or keep.dtype != torch.bool or keep.shape[2] != self.num_patches:
-            raise ValueError(f"removal 'drop' needs a boolean patch mask (B, M, {self.num_patches})")
-
-    def _drop_forward(
-        self, tokens: torch.Tensor, keep: torch.Tensor, image: torch.Tensor, chunked: bool
-    ) -> torch.Tensor:
-        """Logits (n, C) of the rows of ``keep`` (n, P) with the removed patch tokens left out; row i
-        uses the embedded tokens of image ``image[i]``. Rows are grouped by cardinality (one
-        sequence length per forward) and, when ``chunked``, split to the memory budget."""
-        counts = keep.sum(1)
-        full = self.num_prefix_tokens + keep.shape[1]
-        out: Optional[torch.Tensor] = None
-        for k in counts.unique().tolist():
-            rows = (counts == k).nonzero()[:, 0]
-            kept = keep[rows].nonzero()[:, 1].view(len(rows), k)
-            step = max(1, self.chunk_size * full // (self.num_prefix_tokens + k)) if chunked else len(rows)
-            for s in range(0, len(rows), step):
-                r = rows[s : s + step]
-                logits = self.vit_from_tokens(self.gather_tokens(tokens, image[r], kept[s : s + step]))
-                if out is None:
-                    out = logits.new_zeros(len(keep), logits.shape[1])
-                out = out.index_copy(0, r, logits)
-        return out
-
-    def _dropped_probs(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        self._check_drop(keep)
-        B, M, P = keep.shape
-        image = torch.arange(B, device=x.device).repeat_interleave(M)
-        logits = self._drop_forward(self.vit_embed(x), keep.reshape(B * M, P), image, chunked=True)
-        return logits.float().softmax(-1).view(B, M, -1)
-
-    def _filled_probs(
-        self, x: torch.Tensor, keep: torch.Tensor, removal: Removal, ids: Optional[Sequence[str]]
-    ) -> torch.Tensor:
-        if keep.ndim == 3:
-            if keep.shape[2] != self.num_patches:
-                raise ValueError(f"patch mask has {keep.shape[2]} patches, the model has {self.num_patches}")
-            keep = self.patch_keep_to_pixels(keep)
-        B, M = keep.shape[:2]
-        fill = removal.fill(x, ids)
-        D = fill.shape[1]
-        total = B * M * D
-        out: Optional[torch.Tensor] = None
-        for s in range(0, total, self.chunk_size):
-            idx = torch.arange(s, min(total, s + self.chunk_size), device=x.device)
-            b, m, d = idx // (M * D), (idx // D) % M, idx % D
-            inputs = Removal.compose(x[b], keep[b, m], fill[b, d])
-            p = self.logits(inputs).float().softmax(-1)
-            if out is None:
-                out = torch.empty(total, p.shape[1], device=x.device)
-            out[s : s + len(idx)] = p
-        return out.view(B, M, D, -1).mean(2)
 
     # ---------------------------------------------------------- attention
     def attention_modules(self) -> List[nn.Module]:
@@ -382,6 +147,180 @@ class ModelAdapter:
             return t[:, pre:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
 
         return reshape
+
+
+class RemovalAccess:
+    """The removal operation's entry points and the patch grid it works on. Part of
+    :class:`ModelAdapter` (which provides ``engine``, ``budget``, ``grid``, ``patch_size`` and
+    ``input_size``); the operation itself is :class:`~xaibench.engine.RemovalEngine`."""
+
+    def patch_keep_to_pixels(self, keep: torch.Tensor) -> torch.Tensor:
+        """(..., P) patch mask → (..., H, W) pixel mask (each patch's value over its cells)."""
+        lead = keep.shape[:-1]
+        grid = keep.reshape(-1, 1, *self.grid)
+        ph, pw = self.patch_size
+        if (self.grid[0] * ph, self.grid[1] * pw) == self.input_size:
+            pix = grid.repeat_interleave(ph, dim=2).repeat_interleave(pw, dim=3)
+        else:
+            dtype = grid.dtype
+            pix = torch.nn.functional.interpolate(grid.float(), size=self.input_size, mode="nearest").to(
+                dtype
+            )
+        return pix.reshape(*lead, *self.input_size)
+
+    @property
+    def memory_budget_mb(self) -> float:
+        return self.budget.megabytes
+
+    @property
+    def chunk_size(self) -> int:
+        """Inputs per forward pass of the removal engine: the budget's forward rows (calibrated for
+        throughput, or the ``--chunk-size`` override set here)."""
+        return self.budget.rows()
+
+    @chunk_size.setter
+    def chunk_size(self, value: int) -> None:
+        if value < 1:
+            raise UserError(f"chunk size must be ≥ 1, got {value}")
+        self.budget.forward_rows = int(value)
+
+    def masked_probs(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        removal: Removal | str = "mean",
+        ids: Optional[Sequence[str]] = None,
+        target: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Class probabilities of ``x`` with parts removed: (B, M, C), or (B, M) for ``target``
+        (no gradients; see :meth:`xaibench.engine.RemovalEngine.masked_probs`)."""
+        return self.engine.masked_probs(x, keep, removal, ids=ids, target=target)
+
+    def masked_logits(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor,
+        removal: Removal | str = "mean",
+        fill: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Differentiable logits (n, C) of n masked inputs (see
+        :meth:`xaibench.engine.RemovalEngine.masked_logits`)."""
+        return self.engine.masked_logits(x, keep, removal, fill)
+
+    def for_metrics(self, amp: Optional[str]) -> "ModelAdapter":
+        """This adapter as the metrics see it: the same model, budget and engine, with the metrics'
+        autocast setting ``metric_amp`` (read by :func:`xaibench.metrics.engine.removal_probs`
+        only, so methods' own calls never autocast). Returns ``self`` when nothing changes."""
+        if check_amp(amp) == self.metric_amp:
+            return self
+        view = copy.copy(self)
+        view.metric_amp = amp
+        return view
+
+
+class ModelAdapter(ModelInternals, RemovalAccess):
+    """A classifier plus what is needed to explain it.
+
+    Args:
+        model: an ``nn.Module`` mapping normalised images (B, 3, H, W) to logits.
+        mean, std: per-channel normalisation of the model's inputs.
+        input_size: (H, W) the model expects.
+        class_indices: optional subset of the model's logits that form the task's classes
+            (e.g. the 10 ImageNet classes of Imagenette); all outputs are restricted to it.
+        patch_size: size of the removal grid's cells for CNNs (ViTs use their own patches).
+        memory_budget_mb: the memory :class:`~xaibench.budget.Budget` of one pass (default: 1 GiB on
+            the CPU, a quarter of the free memory on CUDA).
+        calibration_dir: where the budget caches its calibrated pass size (None: in this process
+            only); see :mod:`xaibench.budget`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: Tuple[int, int],
+        class_indices: Optional[Sequence[int]] = None,
+        patch_size: Optional[int] = None,
+        device: str | torch.device = "cpu",
+        name: str = "",
+        memory_budget_mb: Optional[float] = None,
+        class_names: Optional[Sequence[str]] = None,
+        calibration_dir: Optional[str] = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.name = name or type(model).__name__
+        self.input_size = tuple(int(s) for s in input_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.class_indices = (
+            torch.as_tensor(class_indices, dtype=torch.long, device=self.device)
+            if class_indices is not None
+            else None
+        )
+        self.class_names = list(class_names) if class_names is not None else None
+        self.is_vit = _is_timm_vit(model)
+        if self.is_vit:
+            self.patch_size = tuple(model.patch_embed.patch_size)
+            self.grid = tuple(model.patch_embed.grid_size)
+            self.num_prefix_tokens = int(model.num_prefix_tokens)
+        else:
+            ps = patch_size or (16 if min(self.input_size) >= 128 and min(self.input_size) % 16 == 0 else 8)
+            self.patch_size = (ps, ps)
+            self.grid = (self.input_size[0] // ps, self.input_size[1] // ps)
+            self.num_prefix_tokens = 0
+        if min(self.grid) < 1:
+            raise UserError(f"patch size {self.patch_size} is larger than the input {self.input_size}")
+        self.budget = Budget(
+            self.model, self.input_size, self.device, memory_budget_mb, cache_dir=calibration_dir
+        )
+        self.engine = RemovalEngine(self)
+        #: autocast of the metrics' forwards (None, "bf16", "fp16"): set on the copy the metrics
+        #: use (:meth:`for_metrics`), never on the adapter methods receive
+        self.metric_amp: Optional[str] = None
+        self._num_classes: Optional[int] = None
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def arch(self) -> str:
+        return "vit" if self.is_vit else "cnn"
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            with torch.no_grad():
+                self._num_classes = self.logits(
+                    torch.zeros(1, 3, *self.input_size, device=self.device)
+                ).shape[1]
+        return self._num_classes
+
+    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+        return (images01.to(self.device) - self.mean) / self.std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+    def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.class_indices is None else logits.index_select(1, self.class_indices)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._select(self.model(x))
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x).softmax(-1)
+
+    def forward_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The logits function as a plain callable (for captum and friends)."""
+        return self.logits
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
 
     def describe(self) -> dict:
         return {

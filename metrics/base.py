@@ -46,7 +46,10 @@ def register_metric(name: Optional[str] = None):
 @dataclass
 class EvalContext:
     """Shared settings of a run's metrics: the model, the removal operation, the seed, the
-    cardinality sub-grid (None = every k) and the number of masks for sampled curves."""
+    cardinality sub-grid (None = every k), the number of masks for sampled curves, and ``amp``:
+    None (float32) or ``"bf16"``/``"fp16"`` autocast of the metrics' model passes. ``adapter``
+    becomes the adapter's metrics view carrying ``amp`` (same model, budget and engine); the
+    attributions being scored are computed elsewhere and never autocast."""
 
     adapter: Any
     removal: Removal
@@ -54,6 +57,14 @@ class EvalContext:
     cardinalities: Optional[int | Sequence[int]] = None
     n_masks: Optional[int] = None
     distractors: Optional[torch.Tensor] = None  # pool of normalised training images (distractor removal)
+    amp: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        view = getattr(self.adapter, "for_metrics", None)
+        if view is not None:
+            self.adapter = view(self.amp)
+        elif self.amp is not None:
+            raise UserError(f"amp '{self.amp}' needs a ModelAdapter (got {type(self.adapter).__name__})")
 
     def removal_cost(self, shape: Shape, kept: torch.Tensor) -> Cost:
         """Forwards of masked inputs keeping ``kept`` patches each (a tensor of counts)."""

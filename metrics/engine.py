@@ -1,10 +1,12 @@
 """The one engine every removal-based metric runs on.
 
 Metrics build keep-masks on the device (patch masks (B, M, P) or pixel masks (B, M, H, W)) and
-hand them to :func:`removal_probs`, which calls :meth:`ModelAdapter.masked_probs` (the one
-removal operation) in chunks along M so that the pixel masks and filled inputs of one call
-stay within a memory budget. ``drop`` needs only the patch masks and the adapter already
-groups them by cardinality (compute ∝ kept tokens), so it runs in one call.
+hand them to :func:`removal_probs`, which runs the adapter's removal engine
+(:class:`xaibench.engine.RemovalEngine`: the one removal operation, in passes sized by the
+adapter's budget; patch masks become pixel masks one pass at a time, so nothing here needs
+chunking). It is also where the metrics' mixed-precision setting enters: the adapter the
+metrics receive (``EvalContext.adapter``) carries ``metric_amp``, passed to the engine here and
+nowhere else, so methods' own calls to the engine never autocast.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ from typing import Optional, Sequence
 import torch
 
 from xaibench.removal import Removal
-
-#: bound on the elements of the pixel keep-masks materialised by one ``masked_probs`` call
-PIXEL_MASK_BUDGET = 2**24
 
 
 def removal_probs(
@@ -38,13 +37,5 @@ def removal_probs(
     Returns:
         (B, M) if ``targets`` is given, else (B, M, C).
     """
-    B, M = keep.shape[:2]
-    if removal.strategy == "drop" or M == 0:
-        return adapter.masked_probs(x, keep, removal, ids=ids, target=targets)
-    pixels = B * adapter.input_size[0] * adapter.input_size[1] * removal.draws
-    step = max(1, PIXEL_MASK_BUDGET // pixels)
-    parts = [
-        adapter.masked_probs(x, keep[:, s : s + step], removal, ids=ids, target=targets)
-        for s in range(0, M, step)
-    ]
-    return torch.cat(parts, dim=1)
+    amp = getattr(adapter, "metric_amp", None)
+    return adapter.engine.masked_probs(x, keep, removal, ids=ids, target=targets, amp=amp)

@@ -28,8 +28,9 @@ from .base import DOWN, UP, Metric, MetricResult, register_metric
 from .engine import removal_probs
 from .sampling import sampling_weights, weighted_subsets
 
-#: bound on the keep-mask elements built at once (chunks of cardinalities)
-MASK_ELEMENTS = 2**24
+#: bytes per keep-mask element while subsets are drawn (uniforms, keys, two int64 argsorts, the
+#: mask): the cardinalities drawn at once are chunked to the adapter's memory budget with it
+MASK_ELEMENT_BYTES = 32
 
 
 def relative_curves(adapter, x, scores, targets, ids, removal, ks, n_masks, seed):
@@ -38,7 +39,7 @@ def relative_curves(adapter, x, scores, targets, ids, removal, ks, n_masks, seed
     w = {"r_mif": sampling_weights(scores, True), "r_lif": sampling_weights(scores, False)}
     sampled = ks[ks < P]
     out = {name: [] for name in w}
-    step = max(1, MASK_ELEMENTS // max(1, B * n_masks * P * 2))
+    step = adapter.budget.items(B * n_masks * P * 2 * MASK_ELEMENT_BYTES)
     for s in range(0, len(sampled), step):
         kc = sampled[s : s + step]
         keeps = [weighted_subsets(w[name], kc, n_masks, ids, seed, name).reshape(B, -1, P) for name in w]
