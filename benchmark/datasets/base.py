@@ -8,10 +8,19 @@ are derived from it, see :mod:`xaibench.seeding`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+
+
+def _update_tensor(h, t: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and raw bytes into a hash."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 @dataclass
@@ -48,6 +57,21 @@ class DatasetSplit(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the split's content: class names, then every sample's label, image and
+        mask. Equal content gives an equal fingerprint whatever the split is called; any changed
+        pixel or label changes it. Computed once per split object (subclasses hash faster)."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256(repr(list(self.classes)).encode())
+            for i in range(len(self)):
+                smp = self[i]
+                h.update(f"|{smp.label}|".encode())
+                _update_tensor(h, smp.image)
+                if smp.mask is not None:
+                    _update_tensor(h, smp.mask)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
 
 class TensorSplit(DatasetSplit):
     """A split held in memory: images as uint8 (N, 3, H, W), labels (N,), masks bool (N, H, W)."""
@@ -80,3 +104,13 @@ class TensorSplit(DatasetSplit):
     def __getitem__(self, index: int) -> Sample:
         mask = self.masks[index] if self.masks is not None else None
         return Sample(self.images[index].float() / 255.0, int(self.labels[index]), mask, self.ids[index])
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of class names, ids, labels, images and masks (the tensors' bytes)."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256(repr(list(self.classes)).encode())
+            h.update("\x1f".join(self.ids).encode())
+            for t in (self.labels, self.images) + ((self.masks,) if self.masks is not None else ()):
+                _update_tensor(h, t)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint

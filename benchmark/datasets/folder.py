@@ -203,6 +203,32 @@ class ImageFileSplit(DatasetSplit):
     def labels(self) -> torch.Tensor:
         return torch.tensor([r.label for r in self.records], dtype=torch.long)
 
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the files behind the split: class names, then per record (in the split's
+        order) its label, id, and (path relative to ``root``, size, sha256 of the content) of its
+        image and of its mask file. Renaming the root directory keeps it; any changed byte, file
+        or label changes it. The files are hashed once per split object, in threads."""
+        if getattr(self, "_fingerprint", None) is None:
+
+            def describe(path: Optional[str]) -> str:
+                if path is None:
+                    return "-"
+                rel = os.path.relpath(path, self.root) if self.root else os.path.basename(path)
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                return f"{rel}:{os.path.getsize(path)}:{h.hexdigest()}"
+
+            paths = [p for r in self.records for p in (r.path, r.mask_path)]
+            with ThreadPoolExecutor(_READ_THREADS) as pool:
+                parts = list(pool.map(describe, paths))
+            h = hashlib.sha256(repr(list(self.classes)).encode())
+            for i, rec in enumerate(self.records):
+                h.update(f"\x1e{rec.label}\x1f{rec.id}\x1f{parts[2 * i]}\x1f{parts[2 * i + 1]}".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
     def __getitem__(self, index: int) -> Sample:
         rec = self.records[index]
         image = decode_image(rec.path)
