@@ -356,7 +356,7 @@ def test_report_and_notes_record_the_training(tmp_path, tiny_rules, train16):
         assert s["val_loss"] <= s["initial_val_loss"] or s["best_step"] > 0
         assert s["validation"] == {"source": "train_holdout", "train_images": 15, "val_images": 1}
     (note,) = m.notes()
-    assert note.startswith("Salvage: explainer 4 steps (cap 4") and "surrogate 4 steps" in note
+    assert note.startswith("Salvage: explainer 4 steps (step cap") and "surrogate 4 steps" in note
 
 
 def _surrogate_worker(cache, barrier, queue):
@@ -525,25 +525,35 @@ def test_js_divergence_values():
     assert torch.allclose(js_divergence(q, p), js)
 
 
-def test_salvage_head_starts_at_uniform_u_and_still_learns():
-    """Salvage zeroes its last layer: u(S) is uniform for every S at initialisation (a random head
-    saturates the softmax over many patches), and the zeroed weight still receives gradients."""
+def test_salvage_head_starts_near_uniform_u_and_every_layer_learns():
+    """Salvage scales its last layer down: u(S) starts near uniform for every S (a default head
+    saturates the softmax over many patches), and every layer gets gradients from the first step."""
     from xaibench.methods.learned.explainer import PatchExplainer
 
-    adapter = four_patch_vit()
+    adapter = make_tiny_vit(img=64, patch=8, depth=1)  # 64 patches, as on the embedded default
     sv = create_method("salvage", preset="quick", **TINY)
-    net = PatchExplainer(adapter.model, adapter.num_prefix_tokens, sv.out_dim(10))
-    assert net.mlp[-1].weight.abs().sum() > 0
-    sv.init_head(net)
-    x = adapter.normalize(torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
-    out = net(x)
-    assert torch.equal(out, torch.zeros_like(out))
-    keep = torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(1)) < 0.5
-    u = sv.shapley_logits(out, keep).softmax(-1)
-    assert torch.allclose(u, torch.full_like(u, 0.1))
+    x = adapter.normalize(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    keep = torch.rand(3, 5, 64, generator=torch.Generator().manual_seed(1)) < 0.5
+
+    def spread(net):
+        z = sv.shapley_logits(net(x), keep).detach()
+        return float((z.max(-1).values - z.min(-1).values).max())
+
+    build = lambda: PatchExplainer(adapter.model, adapter.num_prefix_tokens, sv.out_dim(10))  # noqa: E731
+    torch.manual_seed(0)
+    default = build()
+    torch.manual_seed(0)
+    seeded_net = build()
+    sv.init_head(seeded_net)
+    assert torch.allclose(seeded_net.mlp[-1].weight, 0.1 * default.mlp[-1].weight)
+    assert torch.equal(seeded_net.mlp[-1].bias, torch.zeros_like(seeded_net.mlp[-1].bias))
+    assert spread(seeded_net) < 0.1 * spread(default) + 1e-6
+    u = sv.shapley_logits(seeded_net(x), keep).softmax(-1)
+    assert (u - 0.1).abs().max() < 0.05
     v = torch.softmax(torch.randn(3, 5, 10, generator=torch.Generator().manual_seed(2)), -1)
-    sv.loss(out, keep, v, None, None).backward()
-    assert net.mlp[-1].weight.grad.abs().sum() > 0
+    sv.loss(seeded_net(x), keep, v, None, None).backward()
+    for name in ("mlp.0.weight", "mlp.2.weight", "mlp.4.weight", "block.attn.qkv.weight"):
+        assert dict(seeded_net.named_parameters())[name].grad.abs().sum() > 0, name
 
 
 def test_weights_fingerprint_handles_zero_dim_buffers():

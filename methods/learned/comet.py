@@ -114,7 +114,7 @@ class Comet(AttributionMethod):
         "selector_width": 16,
         "predictor_init": "classifier",
     }
-    presets = {"quick": {"batch_size": 32}}
+    presets = {"quick": {"batch_size": 16}}
     RECIPE_VERSION = 2  # 2: shared stopping rule and validation
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

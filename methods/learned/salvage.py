@@ -13,7 +13,7 @@ on the embedded default. With the centring, φ estimates the Shapley values of t
 log-probability game log v_c(S) − mean_c' log v_c'(S) (exactly so when that game is additive).
 
 Explainer: the ViT-Shapley reference architecture (the paper adopts its setting, §5.1) without the
-``tanh`` (φ± are logits, not probabilities), its last layer zero-initialised (:meth:`init_head`);
+``tanh`` (φ± are logits, not probabilities), its last layer initialised small (:meth:`init_head`);
 training as ViT-Shapley's reference (AdamW, warm-up + cosine, clipping at 1) under the shared
 stopping rule of :mod:`.common`.
 
@@ -49,6 +49,9 @@ from .amortized import AmortizedExplainer
 from .common import in_chunks
 from .sampling import guided_masks, shapley_weight_masks, uniform_size_masks
 
+#: the factor on the default initialisation of the explainer's last layer (see :meth:`Salvage.init_head`)
+HEAD_INIT_SCALE = 0.1
+
 
 def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Jensen–Shannon divergence (nats) between distributions along the last axis."""
@@ -69,7 +72,8 @@ class Salvage(AmortizedExplainer):
     """Salvage: Shapley-distribution learning (JS loss) with attribution-guided sampling."""
 
     label = "Salvage"
-    recipe_version = 4  # 4: reference head, schedule, clipping, shared stopping, label target, p_w ablation
+    recipe_version = 4  # 4: reference head (last layer × 0.1), schedule, clipping, shared stopping, label
+    # target, p_w ablation
     defaults = {
         "batch_size": 64,
         "masks_per_image": 32,
@@ -80,7 +84,7 @@ class Salvage(AmortizedExplainer):
         "mlp_ratio": 4.0,
         "guided": True,
     }
-    presets = {"quick": {"batch_size": 32, "masks_per_image": 8, "lr": 1e-3, "freeze_backbone": True}}
+    presets = {"quick": {"batch_size": 16, "masks_per_image": 8, "lr": 1e-3, "freeze_backbone": True}}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -116,19 +120,23 @@ class Salvage(AmortizedExplainer):
         return to_logits(z, self.num_classes)
 
     def init_head(self, net) -> None:
-        """Zero the explainer's last layer, so that u(S) starts uniform for every S.
+        """Scale the explainer's last layer down (weights × 0.1, bias 0), so that u(S) starts close
+        to uniform for every S.
 
         With the default (random) initialisation, the per-patch outputs are strongly correlated
         across the P patches, so the sums Σφ⁻ + Σ_{i∈S}(φ⁺ − φ⁻) over 64 patches have a spread over
         classes of ≈ 7 logits at initialisation: the softmax u(S) saturates on one class, the JS
         gradients through it vanish, and training settles on a subset-independent output (on the
         embedded default, maps no better than random). ViT-Shapley avoids this through its
-        efficient normalisation; Salvage has none, so we start from zero outputs (our choice: the
-        paper does not state the head's initialisation). The weight gets gradients from the first
-        step, since the hidden activations are not zero."""
+        efficient normalisation and ``tanh``; Salvage has none. A zero last layer also avoids it, but
+        passes no gradient to the layers below at first: on the embedded default, 180 steps then
+        ended with a validation loss of 0.149 for one training seed (stuck at a fit of u(S) by the
+        subset size alone) and 0.075 for another, while × 0.1 gave 0.072–0.079 over three seeds
+        (our choice: the paper does not state the head's initialisation)."""
         last = net.mlp[-1]
-        torch.nn.init.zeros_(last.weight)
-        torch.nn.init.zeros_(last.bias)
+        with torch.no_grad():
+            last.weight.mul_(HEAD_INIT_SCALE)
+            last.bias.zero_()
 
     def sample_masks(self, out, v_full, labels, num_masks, g):
         B, P = out.shape[:2]

@@ -52,7 +52,7 @@ class SurrogateRecipe:
 #: (the embedded default's classifier was already trained with random token dropping).
 RECIPES = {
     "paper": SurrogateRecipe(batch_size=64, masks_per_image=1, lr=1e-5, weight_decay=1e-5),
-    "quick": SurrogateRecipe(batch_size=32, masks_per_image=2, lr=1e-4, weight_decay=1e-5),
+    "quick": SurrogateRecipe(batch_size=16, masks_per_image=2, lr=1e-4, weight_decay=1e-5),
 }
 
 

@@ -13,7 +13,7 @@ masks). Our sampler draws subsets of an exact size (the reference draws Bernoull
 expected size follows the kernel): the distribution of sizes is the kernel's either way.
 
 Presets: ``paper`` = salvage-paper §5.1 (batch 64, AdamW lr 1e-4, wd 1e-5, 32 masks per image);
-``quick`` = the embedded default's CPU budget (backbone frozen, 8 masks per image, batch 32).
+``quick`` = the embedded default's CPU budget (backbone frozen, 8 masks per image, batch 16).
 Both stop by the shared rule of :mod:`.common`.
 """
 
@@ -48,7 +48,7 @@ class ViTShapley(AmortizedExplainer):
         "mlp_layers": 3,
         "mlp_ratio": 4.0,
     }
-    presets = {"quick": {"batch_size": 32, "masks_per_image": 8, "lr": 1e-3, "freeze_backbone": True}}
+    presets = {"quick": {"batch_size": 16, "masks_per_image": 8, "lr": 1e-3, "freeze_backbone": True}}
 
     def out_dim(self, num_classes: int) -> int:
         return num_classes
