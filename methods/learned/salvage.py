@@ -72,8 +72,8 @@ class Salvage(AmortizedExplainer):
     """Salvage: Shapley-distribution learning (JS loss) with attribution-guided sampling."""
 
     label = "Salvage"
-    recipe_version = 4  # 4: reference head (last layer × 0.1), schedule, clipping, shared stopping, label
-    # target, p_w ablation
+    recipe_version = 5  # 4: reference head, schedule, clipping, shared stopping, label target, p_w ablation;
+    # 5: last layer initialised at 0.1 × default (was zero)
     defaults = {
         "batch_size": 64,
         "masks_per_image": 32,
