@@ -563,3 +563,25 @@ def test_weights_fingerprint_handles_zero_dim_buffers():
     before = weights_fingerprint(bn)
     bn.num_batches_tracked += 1
     assert weights_fingerprint(bn) != before
+
+
+def test_schedule_warms_up_then_decays_or_stays_constant():
+    from xaibench.methods.learned.common import make_schedule
+
+    def rates(rule, kind):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_schedule(opt, rule, kind)
+        out = []
+        for _ in range(rule.max_steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    rule = StoppingRule(max_steps=200, eval_every=50, patience=2)  # warm-up: 10 steps
+    cos = rates(rule, "cosine")
+    assert cos[0] == pytest.approx(0.1) and cos[9] == pytest.approx(1.0)
+    assert cos[105] == pytest.approx(0.5, abs=0.01) and cos[-1] < 1e-3
+    flat = rates(dataclasses.replace(rule, decay=False), "cosine")
+    assert flat[:10] == cos[:10] and all(r == 1.0 for r in flat[10:])
+    assert all(r == 1.0 for r in rates(rule, "constant"))
