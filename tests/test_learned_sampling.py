@@ -121,3 +121,23 @@ def test_exact_shapley_matches_permutation_reference_and_hand_game():
     assert torch.allclose(exact_shapley(game), a + torch.tensor([0, 1.5, 1.5, 0], dtype=torch.float64))
     with pytest.raises(ValueError):
         exact_shapley(torch.zeros(10))
+
+
+def test_shapley_weight_masks_follow_p_w():
+    """p_w(S) ∝ w_S = |S|!(P−|S|−1)!/P!: size k ∈ {0..P−1} has mass C(P, k)·w_k ∝ 1/(P − k), and
+    the subsets of one size are uniform (checked against a plain enumeration for P = 4)."""
+    from xaibench.methods.learned.sampling import shapley_weight_masks, shapley_weight_sizes
+
+    P, n = 4, 30000
+    w = {k: math.factorial(k) * math.factorial(P - k - 1) / math.factorial(P) for k in range(P)}
+    total = sum(w[len(s)] for k in range(P) for s in itertools.combinations(range(P), k))
+    expected = {s: w[len(s)] / total for k in range(P) for s in itertools.combinations(range(P), k)}
+    k = torch.arange(P, dtype=torch.float64)
+    assert torch.allclose(shapley_weight_sizes(P), (1 / (P - k)) / (1 / (P - k)).sum(), atol=1e-12)
+    masks = shapley_weight_masks(n // 3, 3, P, torch.Generator().manual_seed(0))
+    assert masks.shape == (n // 3, 3, P) and not masks.all(-1).any()  # never the full set
+    got = empirical(masks.reshape(-1, P))
+    assert set(got) <= set(expected)
+    for s, p in expected.items():
+        sd = math.sqrt(p * (1 - p) / len(masks.reshape(-1, P)))
+        assert abs(got.get(s, 0.0) - p) <= 4.5 * sd + 1e-4, (s, got.get(s), p)

@@ -1,7 +1,9 @@
 """Learned explainers: ViT-Shapley, Salvage (with classifying by explaining) and COMET.
 
-Trained once per dataset × classifier × recipe × seed and cached (``<cache>/explainers/``);
-training resumes from its last epoch after an interruption. See :mod:`.common`.
+All train under one stopping rule (a held-out validation loss that stops improving, or a cap on
+the steps, the same for every learned method of a preset) and are cached as verified artifacts in
+``<cache>/explainers/``, keyed by the content of the training data, the classifier, the recipe and
+the seed; training resumes from its last validated round after an interruption. See :mod:`.common`.
 """
 
 from . import comet, salvage, vit_shapley  # noqa: F401  (register the methods)

@@ -1,48 +1,80 @@
 """What ViT-Shapley and Salvage share: a surrogate, a patch explainer trained against the
-surrogate's removal game, caching, and attribution by a single forward pass.
+surrogate's removal game, cached training, and attribution by a single forward pass.
 
-Subclasses state their mathematics: the output width per class, how masks are drawn, and the
-loss. Training (``fit``): for each batch, the surrogate's v(N), v(∅) and v(S) for the sampled
-masks S (token dropping, no gradients), the explainer's outputs on the clean images, the loss,
-one AdamW step. Both are ViT-only (the explainer is built on the ViT backbone).
+Subclasses state their mathematics: the output width per class, how masks are drawn (in training
+and for the fixed validation masks), and the loss. Training (``fit``): for each batch, the
+surrogate's v(N), v(∅) and v(S) for the sampled masks S (token dropping, no gradients), the
+explainer's outputs on the clean images, the loss, one AdamW step (gradient norm clipped, cosine
+schedule with warm-up, as in the ViT-Shapley reference training), until the validation loss (the
+same loss on held-out images with fixed masks) stops improving (the shared rule of :mod:`.common`).
+Both are ViT-only (the explainer is built on the ViT backbone).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from xaibench.attribution import Attribution
+from xaibench.seeding import generator
 
 from ..base import AttributionMethod, Requires
 from .common import (
-    ExplainerRecipe,
     cache_key,
-    dataset_name,
-    epoch_batches,
+    holdout,
+    in_chunks,
+    public_summary,
     seeded_init,
     split_images,
+    split_labels,
+    stopping_rule,
     train_cached,
+    train_to_plateau,
+    training_line,
 )
 from .explainer import PatchExplainer
 from .surrogate import REMOVAL, fit_surrogate
 
+
+@dataclass(frozen=True)
+class ExplainerRecipe:
+    """How an explainer (ViT-Shapley or Salvage) is trained (the stopping rule is shared, see
+    :mod:`.common`). ``freeze_backbone`` trains only the added block, LayerNorm and MLP (the quick
+    preset's budget choice; the papers fine-tune the whole explainer)."""
+
+    batch_size: int
+    masks_per_image: int
+    lr: float
+    weight_decay: float
+    freeze_backbone: bool = False
+    mlp_layers: int = 3
+    mlp_ratio: float = 4.0
+    schedule: str = "cosine"
+    clip: float = 1.0
+    guided: bool = True  # Salvage only: attribution-guided sampling (Algorithm 3)
+    version: int = 1
+
+
 RECIPE_FIELDS = (
-    "epochs",
     "batch_size",
     "masks_per_image",
     "lr",
     "weight_decay",
-    "steps_per_epoch",
     "freeze_backbone",
-    "mlp_hidden",
+    "mlp_layers",
+    "mlp_ratio",
 )
 
 
 class AmortizedExplainer(AttributionMethod):
     requires = Requires(vit=True, training=True)
+    #: bumped by a subclass when its training changes what it produces
+    recipe_version: int = 1
+    #: ``tanh`` on the explainer's outputs, or ``none``
+    activation: str = "none"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,8 +87,18 @@ class AmortizedExplainer(AttributionMethod):
         raise NotImplementedError
 
     def sample_masks(
-        self, out: torch.Tensor, v_full: torch.Tensor, num_masks: int, g: torch.Generator
+        self,
+        out: torch.Tensor,
+        v_full: torch.Tensor,
+        labels: torch.Tensor,
+        num_masks: int,
+        g: torch.Generator,
     ) -> torch.Tensor:
+        """Training masks (B, M, P) for a batch (``out``: the detached outputs)."""
+        raise NotImplementedError
+
+    def validation_masks(self, n: int, num_masks: int, num_patches: int, g: torch.Generator) -> torch.Tensor:
+        """Fixed validation masks (n, M, P), drawn once from ``g``."""
         raise NotImplementedError
 
     def loss(
@@ -78,7 +120,11 @@ class AmortizedExplainer(AttributionMethod):
 
     def recipe(self) -> ExplainerRecipe:
         p = self.params
-        return ExplainerRecipe(**{k: p[k] for k in RECIPE_FIELDS}, guided=bool(p.get("guided", True)))
+        return ExplainerRecipe(
+            **{k: p[k] for k in RECIPE_FIELDS},
+            guided=bool(p.get("guided", True)),
+            version=self.recipe_version,
+        )
 
     # ---- shared machinery
     def game_endpoints(self, x: torch.Tensor):
@@ -94,74 +140,101 @@ class AmortizedExplainer(AttributionMethod):
         v = self.surrogate.masked_probs(x, keep, REMOVAL)
         return v[:, 0], v[:, 1]
 
-    def fit(self, adapter, train_data, ctx) -> None:
+    def build_net(self, adapter, seed: int) -> PatchExplainer:
         recipe = self.recipe()
-        sur, sur_key, sur_info = fit_surrogate(adapter, train_data, ctx)
-        self.surrogate = sur
-        C, device = adapter.num_classes, adapter.device
         net = seeded_init(
-            ctx.seed,
+            seed,
             self.name,
             build=lambda: PatchExplainer(
-                sur.model,
+                self.surrogate.model,
                 adapter.num_prefix_tokens,
-                self.out_dim(C),
-                recipe.mlp_hidden,
+                self.out_dim(adapter.num_classes),
+                recipe.mlp_layers,
+                recipe.mlp_ratio,
                 recipe.freeze_backbone,
+                self.activation,
             ),
-        ).to(device)
+        ).to(adapter.device)
         net.backbone.requires_grad_(not recipe.freeze_backbone)
         self.init_head(net)
+        return net
+
+    def fit(self, adapter, train_data, ctx) -> None:
+        recipe = self.recipe()
+        rule = stopping_rule(ctx)
+        hold = holdout(train_data, ctx, rule)
+        sur, sur_key, sur_info = fit_surrogate(adapter, train_data, ctx)
+        self.surrogate = sur
+        device, P, M = adapter.device, adapter.num_patches, recipe.masks_per_image
+        net = self.build_net(adapter, ctx.seed)
         key = cache_key(
-            self.name, adapter, recipe, ctx.seed, dataset_name(ctx, train_data), extra={"surrogate": sur_key}
+            self.name,
+            adapter,
+            recipe,
+            ctx.seed,
+            train_data,
+            hold.val_split if hold.source == "val_data" else None,
+            rule,
+            extra={"surrogate": sur_key},
         )
-        steps = recipe.steps(len(train_data))
-        holder = {}
 
-        def make_opt():
-            holder["opt"] = torch.optim.AdamW(
-                [p for p in net.parameters() if p.requires_grad],
-                lr=recipe.lr,
-                weight_decay=recipe.weight_decay,
-            )
-            return holder["opt"]
+        def train(directory: Path) -> dict:
+            x_val = adapter.normalize(split_images(hold.val_split, hold.val_rows))
+            keep_val = self.validation_masks(
+                len(x_val), rule.val_masks, P, generator(ctx.seed, "validation-masks", self.name)
+            ).to(device)
+            with torch.no_grad():
+                full_val, empty_val = self.game_endpoints(x_val)
+                masked_val = sur.masked_probs(x_val, keep_val, REMOVAL)
 
-        def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
-            opt, total = holder["opt"], 0.0
-            for idx in epoch_batches(len(train_data), recipe.batch_size, steps, g):
+            def validate() -> float:
+                total, bs = 0.0, recipe.batch_size
+                for s in range(0, len(x_val), bs):
+                    sl = slice(s, s + bs)
+                    loss = self.loss(
+                        net(x_val[sl]), keep_val[sl], masked_val[sl], full_val[sl], empty_val[sl]
+                    )
+                    total += float(loss) * len(x_val[sl])
+                return total / len(x_val)
+
+            def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
                 x = adapter.normalize(split_images(train_data, idx))
                 with torch.no_grad():
                     v_full, v_empty = self.game_endpoints(x)
                 out = net(x)
-                keep = self.sample_masks(out.detach(), v_full, recipe.masks_per_image, g).to(device)
+                labels = split_labels(train_data, idx).to(device)
+                keep = self.sample_masks(out.detach(), v_full, labels, M, g).to(device)
                 v_masked = sur.masked_probs(x, keep, REMOVAL)
-                loss = self.loss(out, keep, v_masked, v_full, v_empty)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                bar.step(float(loss.detach()))
-            return {"loss": total / steps}
+                return self.loss(out, keep, v_masked, v_full, v_empty)
 
-        info = train_cached(
-            Path(ctx.cache_dir) / key,
-            {"explainer": net},
-            make_opt,
-            recipe.epochs,
-            steps,
-            run_epoch,
-            seed=ctx.seed,
-            desc=self.name,
-            progress=ctx.progress,
-            meta={"surrogate": sur_key},
-        )
+            opt = torch.optim.AdamW(
+                [p for p in net.parameters() if p.requires_grad],
+                lr=recipe.lr,
+                weight_decay=recipe.weight_decay,
+            )
+            info = train_to_plateau(
+                directory,
+                {"explainer": net},
+                opt,
+                rule,
+                hold.train_rows,
+                recipe.batch_size,
+                step,
+                validate,
+                seed=ctx.seed,
+                desc=self.name,
+                progress=ctx.progress,
+                schedule=recipe.schedule,
+                clip=recipe.clip,
+            )
+            return {**info, "validation": hold.describe()}
+
+        info = train_cached(Path(ctx.cache_dir) / key, self.name, {"explainer": net}, train)
         net.eval()
         self.net = net
         self.fit_info = {
-            "surrogate_seconds": sur_info.get("train_seconds"),
-            "surrogate_cached": sur_info.get("cached"),
-            "explainer_seconds": info.get("train_seconds"),
-            "explainer_cached": info.get("cached"),
+            "surrogate": public_summary(sur_info),
+            "explainer": public_summary(info),
             "cache_key": key,
             "surrogate_key": sur_key,
         }
@@ -171,16 +244,31 @@ class AmortizedExplainer(AttributionMethod):
             raise RuntimeError(f"{self.name} must be fitted first (fit(adapter, train_split, ctx))")
 
     @torch.no_grad()
-    def all_values(self, x: torch.Tensor) -> torch.Tensor:
-        """Attributions (B, P, C) for every class."""
+    def all_values(self, x: torch.Tensor, rows: Optional[int] = None) -> torch.Tensor:
+        """Attributions (B, P, C) for every class, in blocks of at most ``rows`` images (default:
+        the memory budget's rows per forward)."""
         self._require_fit()
-        v_full, v_empty = self.game_endpoints(x)
-        return self.values(self.net(x), v_full, v_empty)
+
+        def block(xb: torch.Tensor) -> torch.Tensor:
+            v_full, v_empty = self.game_endpoints(xb)
+            return self.values(self.net(xb), v_full, v_empty)
+
+        return in_chunks(block, rows or self.surrogate.budget.rows(), x)
 
     def attribute(self, adapter, x, target, *, ids, masks=None) -> Attribution:
-        phi = self.all_values(x)
+        phi = self.all_values(x, adapter.budget.rows())
         maps = phi.gather(2, target.to(x.device).view(-1, 1, 1).expand(-1, phi.shape[1], 1))[..., 0]
         return Attribution(maps.reshape(len(x), *adapter.grid), "patch")
 
     def report(self) -> Dict[str, Any]:
         return {"training": dict(self.fit_info)}
+
+    def notes(self) -> List[str]:
+        if not self.fit_info:
+            return []
+        return [
+            f"{self.display_name()}: "
+            + training_line("explainer", self.fit_info["explainer"])
+            + "; "
+            + training_line("surrogate", self.fit_info["surrogate"])
+        ]

@@ -7,7 +7,11 @@
 - Predictor f_P: trained on the selected features x_s = S ⊙ x + (1 − S) ⊙ q, q the dataset mean
   (0 in normalised space: the removal strategy ``mean``); x_{1−s} = (1 − S) ⊙ x + S ⊙ q.
 - Loss (Eq. 7): L_P(x_s) − a·L_D(x_{1−s}) + b·max(mean S − t, 0), cross-entropies with the true
-  label, a = 5, b = 100, t = 0.1; selector and predictor trained jointly (Adam, lr 5e-4 as in §4.1).
+  label, a = 5, b = 100, t = 0.1; selector and predictor trained jointly (Adam, lr 5e-4 as in §4.1,
+  constant: the paper states no schedule).
+- Stopping: the paper trains at most 200 epochs and selects hyper-parameters on the validation set;
+  we apply the shared stopping rule of the learned methods (:mod:`.common`) with the validation loss
+  = Eq. 7 on held-out images (deterministic: no random draws, networks in eval mode).
 
 The predictor is initialised from the classifier's weights (the paper trains it from scratch for
 200 epochs; initialising it is our budget choice, ``predictor_init="scratch"`` re-initialises it).
@@ -31,12 +35,16 @@ from ..base import AttributionMethod, Requires, register_method
 from .common import (
     cache_key,
     clone_adapter,
-    dataset_name,
-    epoch_batches,
+    holdout,
+    in_chunks,
+    public_summary,
     seeded_init,
     split_images,
     split_labels,
+    stopping_rule,
     train_cached,
+    train_to_plateau,
+    training_line,
 )
 
 REMOVAL = "mean"
@@ -98,17 +106,16 @@ class Comet(AttributionMethod):
     requires = Requires(training=True)
     explains_own_model = True
     defaults = {
-        "epochs": 200,
         "batch_size": 64,
         "lr": 5e-4,
         "a": 5.0,
         "b": 100.0,
         "t": 0.1,
-        "steps_per_epoch": 0,
         "selector_width": 16,
         "predictor_init": "classifier",
     }
-    presets = {"quick": {"epochs": 3, "batch_size": 32, "steps_per_epoch": 15}}
+    presets = {"quick": {"batch_size": 16}}
+    RECIPE_VERSION = 2  # 2: shared stopping rule and validation
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,6 +136,8 @@ class Comet(AttributionMethod):
     def fit(self, adapter, train_data, ctx) -> None:
         p = self.params
         device = adapter.device
+        rule = stopping_rule(ctx)
+        hold = holdout(train_data, ctx, rule)
         selector = seeded_init(ctx.seed, "comet-selector", build=lambda: Selector(p["selector_width"])).to(
             device
         )
@@ -142,69 +151,76 @@ class Comet(AttributionMethod):
                 return predictor.model
 
             seeded_init(ctx.seed, "comet-predictor", build=reset)
-        predictor.model.requires_grad_(True)
-        recipe = {
-            k: p[k]
-            for k in (
-                "epochs",
-                "batch_size",
-                "lr",
-                "a",
-                "b",
-                "t",
-                "steps_per_epoch",
-                "selector_width",
-                "predictor_init",
-            )
-        }
-        key = cache_key("comet", adapter, {**recipe, "version": 1}, ctx.seed, dataset_name(ctx, train_data))
-        steps = p["steps_per_epoch"] or max(1, len(train_data) // p["batch_size"])
-        holder = {}
+        recipe = {k: p[k] for k in ("batch_size", "lr", "a", "b", "t", "selector_width", "predictor_init")}
+        key = cache_key(
+            "comet",
+            adapter,
+            {**recipe, "version": self.RECIPE_VERSION},
+            ctx.seed,
+            train_data,
+            hold.val_split if hold.source == "val_data" else None,
+            rule,
+            extra={"removal": REMOVAL},
+        )
 
-        def make_opt():
-            holder["opt"] = torch.optim.Adam(
-                list(selector.parameters()) + list(predictor.model.parameters()), lr=p["lr"]
-            )
-            return holder["opt"]
+        def losses(x: torch.Tensor, y: torch.Tensor):
+            s = selector(x)
+            logits_p = predictor.masked_logits(x, s, REMOVAL)
+            logits_d = adapter.masked_logits(x, 1 - s, REMOVAL)
+            return comet_loss(logits_p, logits_d, s, y, p["a"], p["b"], p["t"])
 
-        def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
-            opt = holder["opt"]
-            adapter.model.eval()
-            sums = {"loss": 0.0, "l_p": 0.0, "l_d": 0.0, "reg": 0.0, "selected": 0.0}
-            for idx in epoch_batches(len(train_data), p["batch_size"], steps, g):
+        def train(directory: Path) -> dict:
+            predictor.model.requires_grad_(True)
+            x_val = adapter.normalize(split_images(hold.val_split, hold.val_rows))
+            y_val = split_labels(hold.val_split, hold.val_rows).to(device)
+
+            def validate() -> float:
+                adapter.model.eval()
+                total, bs = 0.0, p["batch_size"]
+                for s in range(0, len(x_val), bs):
+                    total += float(losses(x_val[s : s + bs], y_val[s : s + bs])[0]) * len(x_val[s : s + bs])
+                return total / len(x_val)
+
+            def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+                adapter.model.eval()
                 x = adapter.normalize(split_images(train_data, idx))
                 y = split_labels(train_data, idx).to(device)
-                s = selector(x)
-                logits_p = predictor.masked_logits(x, s, REMOVAL)
-                logits_d = adapter.masked_logits(x, 1 - s, REMOVAL)
-                loss, lp, ld, reg = comet_loss(logits_p, logits_d, s, y, p["a"], p["b"], p["t"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for k, v in zip(sums, (loss, lp, ld, reg, s.mean())):
-                    sums[k] += float(v.detach())
-                bar.step(float(loss.detach()), l_p=float(lp.detach()))
-            return {k: v / steps for k, v in sums.items()}
+                return losses(x, y)[0]
+
+            opt = torch.optim.Adam(
+                list(selector.parameters()) + list(predictor.model.parameters()), lr=p["lr"]
+            )
+            info = train_to_plateau(
+                directory,
+                {"selector": selector, "predictor": predictor.model},
+                opt,
+                rule,
+                hold.train_rows,
+                p["batch_size"],
+                step,
+                validate,
+                seed=ctx.seed,
+                desc="comet",
+                progress=ctx.progress,
+                schedule="constant",
+                clip=None,
+            )
+            return {**info, "validation": hold.describe()}
 
         adapter.model.requires_grad_(False)  # the frozen detector
         try:
             info = train_cached(
                 Path(ctx.cache_dir) / key,
+                "comet",
                 {"selector": selector, "predictor": predictor.model},
-                make_opt,
-                p["epochs"],
-                steps,
-                run_epoch,
-                seed=ctx.seed,
-                desc="comet",
-                progress=ctx.progress,
+                train,
             )
         finally:
             adapter.model.requires_grad_(True)
         selector.eval()
         predictor.model.eval()
         self.selector, self.predictor = selector, predictor
-        self.fit_info = {"seconds": info.get("train_seconds"), "cached": info.get("cached"), "cache_key": key}
+        self.fit_info = {"training": public_summary(info), "cache_key": key}
 
     def _require_fit(self) -> None:
         if self.selector is None:
@@ -216,26 +232,35 @@ class Comet(AttributionMethod):
         return self.predictor
 
     @torch.no_grad()
-    def select(self, x: torch.Tensor) -> torch.Tensor:
+    def select(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """S(x) (B, H, W), in blocks of at most ``rows`` images (default: the memory budget's)."""
         self._require_fit()
-        return self.selector(x)
+        return in_chunks(self.selector, rows or self.predictor.budget.rows(), x)
 
     def attribute(self, adapter, x, target, *, ids, masks=None) -> Attribution:
-        return Attribution(self.select(x), "pixel")
+        return Attribution(self.select(x, adapter.budget.rows()), "pixel")
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """COMET's prediction f_P(x_s): logits (B, C)."""
-        return self.predictor.masked_logits(x, self.select(x), REMOVAL)
+    def predict(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """COMET's prediction f_P(x_s): logits (B, C), in blocks of at most ``rows`` images."""
+        self._require_fit()
+        rows = rows or self.predictor.budget.rows()
+        return in_chunks(lambda xb: self.predictor.masked_logits(xb, self.selector(xb), REMOVAL), rows, x)
 
     @torch.no_grad()
     def observe(self, adapter, batch) -> None:
-        s = self.select(batch.x)
-        self._seen["comet"].append(self.predictor.masked_logits(batch.x, s, REMOVAL).argmax(1).cpu())
-        self._seen["predictor_full"].append(self.predictor.logits(batch.x).argmax(1).cpu())
-        self._seen["classifier"].append(adapter.logits(batch.x).argmax(1).cpu())
+        rows = adapter.budget.rows()
+        s = self.select(batch.x, rows)
+        self._seen["comet"].append(self.predict(batch.x, rows).argmax(1).cpu())
+        self._seen["predictor_full"].append(in_chunks(self.predictor.logits, rows, batch.x).argmax(1).cpu())
+        self._seen["classifier"].append(in_chunks(adapter.logits, rows, batch.x).argmax(1).cpu())
         self._seen["label"].append(batch.labels.cpu())
         self._seen["selected"].append(s.flatten(1).mean(1).cpu())
+
+    def notes(self) -> List[str]:
+        if not self.fit_info:
+            return []
+        return ["COMET: " + training_line("selector + predictor", self.fit_info["training"])]
 
     def report(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"training": dict(self.fit_info)}

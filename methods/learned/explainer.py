@@ -1,9 +1,14 @@
-"""The explainer network of ViT-Shapley and Salvage (Covert et al. 2023; salvage-paper §5.1).
+"""The explainer network of ViT-Shapley and Salvage.
 
-A copy of the surrogate's ViT backbone (patch embedding, blocks, final norm), one extra
-transformer block, a LayerNorm and an MLP applied to every patch token: (B, P, out) per image,
-with ``out`` = C (ViT-Shapley) or 2C (Salvage's φ⁺ and φ⁻). Prefix tokens (CLS, registers) take
-part in attention but produce no output.
+Architecture of the ViT-Shapley reference explainer (Covert, Kim and Lee 2023, "Learning to
+estimate Shapley values with vision transformers"), which the salvage paper adopts for its
+explainers (§5.1): a copy of the surrogate's ViT backbone (patch embedding, blocks, final norm),
+one extra transformer block configured like the backbone's last block (its first LayerNorm left
+out, since the backbone's output is already normalised), a LayerNorm, and an MLP of ``mlp_layers``
+linear layers of width ``mlp_ratio`` × the embedding width (GELU between them) applied to every
+patch token; optionally ``tanh`` on the outputs (ViT-Shapley: values of a probability game lie in
+[−1, 1]). Output (B, P, out) per image with ``out`` = C (ViT-Shapley) or 2C (Salvage's φ⁺ and φ⁻).
+Prefix tokens (CLS, registers) take part in attention but produce no output.
 """
 
 from __future__ import annotations
@@ -20,22 +25,41 @@ class PatchExplainer(nn.Module):
         vit: nn.Module,
         num_prefix_tokens: int,
         out_dim: int,
-        hidden: int = 0,
+        mlp_layers: int = 3,
+        mlp_ratio: float = 4.0,
         freeze_backbone: bool = False,
+        activation: str = "none",
     ) -> None:
         super().__init__()
         from timm.models.vision_transformer import Block
 
+        if mlp_layers < 1:
+            raise ValueError(f"mlp_layers must be ≥ 1, got {mlp_layers}")
+        if activation not in ("none", "tanh"):
+            raise ValueError(f"activation must be 'none' or 'tanh', got {activation!r}")
         self.backbone = copy.deepcopy(vit)
         self.backbone.requires_grad_(not freeze_backbone)
         self.freeze_backbone = freeze_backbone
         self.num_prefix_tokens = num_prefix_tokens
+        self.activation = activation
         dim = self.backbone.embed_dim
-        heads = self.backbone.blocks[-1].attn.num_heads
-        self.block = Block(dim, heads, mlp_ratio=4.0, qkv_bias=True)
+        last = self.backbone.blocks[-1]
+        self.block = Block(
+            dim,
+            last.attn.num_heads,
+            mlp_ratio=last.mlp.fc1.out_features / last.mlp.fc1.in_features,
+            qkv_bias=last.attn.qkv.bias is not None,
+        )
+        self.block.norm1 = nn.Identity()
         self.norm = nn.LayerNorm(dim)
-        hidden = hidden or dim
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        hidden = int(round(mlp_ratio * dim))
+        layers: list[nn.Module] = []
+        width = dim
+        for _ in range(mlp_layers - 1):
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        self.mlp = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) normalised → (B, P, out)."""
@@ -46,4 +70,5 @@ class PatchExplainer(nn.Module):
         else:
             tokens = self.backbone.forward_features(x)
         tokens = self.norm(self.block(tokens))
-        return self.mlp(tokens[:, self.num_prefix_tokens :])
+        out = self.mlp(tokens[:, self.num_prefix_tokens :])
+        return out.tanh() if self.activation == "tanh" else out

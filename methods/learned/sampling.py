@@ -8,6 +8,10 @@
   φ_norm of the target class as weights, half with 1 − φ_norm; each subset has a size
   m ~ U{1, …, P} and its patches are drawn without replacement (successive draws ∝ weight among
   the patches left). A draw is a *kept* subset S (the S of u(S) and v(S)).
+- :func:`shapley_weight_masks`: the salvage paper's random distribution p_w(S) ∝ w_S (§3.1, §4.1),
+  w_S = |S|! (P − |S| − 1)! / P! the weight of S in the Shapley value: every subset with |S| ≤ P − 1
+  has probability ∝ w_S, so the size k ∈ {0, …, P−1} has probability ∝ C(P, k) w_k = 1 / (P − k)
+  and the subset of that size is uniform (not paired). Salvage's unguided ablation.
 - :func:`uniform_size_masks`: size m ~ U{0, …, P}, uniform subset (surrogate training).
 
 Weighted sampling without replacement is exact and batched: Gumbel-top-m on log w. Where the
@@ -54,6 +58,21 @@ def shapley_kernel_masks(n: int, num_masks: int, num_patches: int, g: torch.Gene
     keys = torch.rand(n, half, num_patches, generator=g)
     s = _first_k(keys, sizes)
     return torch.stack([s, ~s], dim=2).view(n, num_masks, num_patches)
+
+
+def shapley_weight_sizes(num_patches: int) -> torch.Tensor:
+    """Probabilities (P,) of the sizes k = 0..P−1 under p_w(S) ∝ w_S: ∝ 1 / (P − k)."""
+    k = torch.arange(0, num_patches, dtype=torch.float64)
+    w = 1.0 / (num_patches - k)
+    return w / w.sum()
+
+
+def shapley_weight_masks(n: int, num_masks: int, num_patches: int, g: torch.Generator) -> torch.Tensor:
+    """(n, M, P) kept subsets drawn from p_w(S) ∝ w_S (sizes 0..P−1 with probability ∝ 1/(P − k))."""
+    sizes = torch.multinomial(
+        shapley_weight_sizes(num_patches).float().expand(n * num_masks, -1), 1, replacement=True, generator=g
+    ).view(n, num_masks)
+    return _first_k(torch.rand(n, num_masks, num_patches, generator=g), sizes)
 
 
 def uniform_size_masks(

@@ -1,23 +1,36 @@
-"""The surrogate (ViT-Shapley step 1, Covert et al. 2023; used by ViT-Shapley and Salvage).
+"""The surrogate (ViT-Shapley step 1; Covert, Kim and Lee 2023, "Learning to estimate Shapley values
+with vision transformers"), used by ViT-Shapley and Salvage.
 
 A copy of the classifier fine-tuned to predict, on inputs with patches removed (removal ``drop``:
 token dropping), what the classifier predicts on the clean image: loss KL(p(x) ‖ q(x_S)), subset
 sizes uniform on {0, …, P} (the empty set included, since the explainers need v(∅)). The
-surrogate defines the game v(S) = q(x_S) that both explainers learn to explain. Trained once per
-dataset × classifier × recipe × seed, cached (see :mod:`.common`).
+surrogate defines the game v(S) = q(x_S) that both explainers learn to explain.
+
+Training follows the reference setting (AdamW, weight decay 1e-5, linear warm-up and cosine decay,
+gradient norm clipped to 1) under the shared stopping rule (:mod:`.common`): validation loss = the
+same KL on held-out images with fixed, seeded masks (sizes uniform on {0, …, P}).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 
 from xaibench.adapter import ModelAdapter
+from xaibench.seeding import generator
 
-from .common import cache_key, clone_adapter, dataset_name, epoch_batches, split_images, train_cached
+from .common import (
+    cache_key,
+    clone_adapter,
+    holdout,
+    split_images,
+    stopping_rule,
+    train_cached,
+    train_to_plateau,
+)
 from .sampling import uniform_size_masks
 
 REMOVAL = "drop"
@@ -25,26 +38,22 @@ REMOVAL = "drop"
 
 @dataclass(frozen=True)
 class SurrogateRecipe:
-    epochs: int
     batch_size: int
     masks_per_image: int
     lr: float
     weight_decay: float
-    steps_per_epoch: int = 0  # 0: one pass over the training split
-    version: int = 1
+    schedule: str = "cosine"
+    clip: float = 1.0
+    version: int = 2  # 2: shared stopping rule, validation, cosine schedule and clipping
 
 
-#: paper: salvage-paper §5.1 (fine-tuned on masked images for 50 epochs, batch 64, AdamW lr 1e-5,
-#: wd 1e-5; one subset per image and step). quick: a short fine-tune within the CPU budget of the
-#: embedded default (whose classifier was already trained with random token dropping).
+#: paper: salvage-paper §5.1 / the ViT-Shapley reference (batch 64, AdamW lr 1e-5, wd 1e-5; one
+#: subset per image and step). quick: a larger rate for the few hundred steps of the CPU budget
+#: (the embedded default's classifier was already trained with random token dropping).
 RECIPES = {
-    "paper": SurrogateRecipe(epochs=50, batch_size=64, masks_per_image=1, lr=1e-5, weight_decay=1e-5),
-    "quick": SurrogateRecipe(
-        epochs=2, batch_size=32, masks_per_image=2, lr=1e-4, weight_decay=1e-5, steps_per_epoch=12
-    ),
+    "paper": SurrogateRecipe(batch_size=64, masks_per_image=1, lr=1e-5, weight_decay=1e-5),
+    "quick": SurrogateRecipe(batch_size=16, masks_per_image=2, lr=1e-4, weight_decay=1e-5),
 }
-
-_LOADED: Dict[str, ModelAdapter] = {}
 
 
 def kl_to_clean(clean_probs: torch.Tensor, masked_logits: torch.Tensor) -> torch.Tensor:
@@ -56,52 +65,65 @@ def kl_to_clean(clean_probs: torch.Tensor, masked_logits: torch.Tensor) -> torch
 def fit_surrogate(
     adapter: ModelAdapter, train_split, ctx, recipe: SurrogateRecipe | None = None
 ) -> Tuple[ModelAdapter, str, dict]:
-    """The surrogate of ``adapter`` (trained, or loaded from the cache): (adapter, cache key, meta)."""
+    """The surrogate of ``adapter`` (trained, or loaded from the cache): (adapter, cache key, summary)."""
     recipe = recipe or RECIPES[ctx.preset]
-    key = cache_key("surrogate", adapter, recipe, ctx.seed, dataset_name(ctx, train_split))
-    directory = Path(ctx.cache_dir) / key
-    if str(directory) in _LOADED:
-        return _LOADED[str(directory)], key, {"cached": True}
+    rule = stopping_rule(ctx)
+    hold = holdout(train_split, ctx, rule)
+    key = cache_key(
+        "surrogate",
+        adapter,
+        recipe,
+        ctx.seed,
+        train_split,
+        hold.val_split if hold.source == "val_data" else None,
+        rule,
+        extra={"removal": REMOVAL},
+    )
     sur = clone_adapter(adapter, name=f"{adapter.name}-surrogate")
-    model, device, P = sur.model, adapter.device, adapter.num_patches
-    steps = recipe.steps_per_epoch or max(1, len(train_split) // recipe.batch_size)
-    M = recipe.masks_per_image
-    holder = {}
+    model, device, P, M = sur.model, adapter.device, adapter.num_patches, recipe.masks_per_image
 
-    def make_opt():
-        holder["opt"] = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        return holder["opt"]
+    def train(directory: Path) -> dict:
+        model.requires_grad_(True)
+        x_val = adapter.normalize(split_images(hold.val_split, hold.val_rows))
+        with torch.no_grad():
+            p_val = adapter.probs(x_val).float()
+        keep_val = uniform_size_masks(
+            len(x_val), rule.val_masks, P, generator(ctx.seed, "validation-masks", "surrogate")
+        ).to(device)
 
-    def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
-        opt, total = holder["opt"], 0.0
-        for idx in epoch_batches(len(train_split), recipe.batch_size, steps, g):
+        def validate() -> float:
+            q = sur.masked_probs(x_val, keep_val, REMOVAL).float().clamp_min(1e-12)
+            p = p_val[:, None, :]
+            return float((p * (p.clamp_min(1e-12).log() - q.log())).sum(-1).mean())
+
+        def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             x = adapter.normalize(split_images(train_split, idx))
             with torch.no_grad():
                 p = adapter.probs(x).float()
             keep = uniform_size_masks(len(idx), M, P, g).to(device).flatten(0, 1)
-            loss = kl_to_clean(
+            return kl_to_clean(
                 p.repeat_interleave(M, 0), sur.masked_logits(x.repeat_interleave(M, 0), keep, REMOVAL)
             )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            bar.step(float(loss.detach()))
-        return {"kl": total / steps}
 
-    info = train_cached(
-        directory,
-        {"surrogate": model},
-        make_opt,
-        recipe.epochs,
-        steps,
-        run_epoch,
-        seed=ctx.seed,
-        desc="surrogate",
-        progress=ctx.progress,
-    )
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        info = train_to_plateau(
+            directory,
+            {"surrogate": model},
+            opt,
+            rule,
+            hold.train_rows,
+            recipe.batch_size,
+            step,
+            validate,
+            seed=ctx.seed,
+            desc="surrogate",
+            progress=ctx.progress,
+            schedule=recipe.schedule,
+            clip=recipe.clip,
+        )
+        return {**info, "validation": hold.describe()}
+
+    info = train_cached(Path(ctx.cache_dir) / key, "surrogate", {"surrogate": model}, train)
     model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    _LOADED[str(directory)] = sur
+    model.requires_grad_(False)
     return sur, key, info
