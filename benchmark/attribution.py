@@ -69,3 +69,13 @@ class Attribution:
         if len(levels) != 1:
             raise ValueError(f"cannot concatenate attributions of levels {levels}")
         return Attribution(torch.cat([p.maps for p in parts]), parts[0].level, dict(parts[0].meta))
+
+
+def minmax(values: torch.Tensor) -> torch.Tensor:
+    """Per-row min-max normalisation of (B, n) to [0, 1]; a constant row becomes zeros."""
+    lo = values.min(dim=1, keepdim=True).values
+    hi = values.max(dim=1, keepdim=True).values
+    span = hi - lo
+    return torch.where(
+        span > 0, (values - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(values)
+    )

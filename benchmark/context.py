@@ -102,7 +102,7 @@ def load_context(spec: RunSpec, needs_train_images: bool) -> RunContext:
     if spec.chunk_size:
         adapter.chunk_size = spec.chunk_size
     if spec.n_images and spec.n_images > len(data):
-        log.warning(f"--n-images {spec.n_images}: the {spec.split} split has {len(data)} images; scoring all")
+        log.info(f"scoring all {len(data)} images of the {spec.split} split (fewer than {spec.n_images})")
     indices = balanced_indices(data, spec.n_images) if spec.n_images else list(range(len(data)))
 
     def load_split(name: str) -> DatasetSplit:

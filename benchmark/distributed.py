@@ -17,11 +17,13 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,6 +49,27 @@ class Dist:
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+    def main_first(self, main: Callable[[], T], others: Optional[Callable[[], T]] = None) -> T:
+        """``main()`` on rank 0; once it succeeded, ``others()`` (default: ``main``) on the other
+        ranks, which then find what rank 0 prepared (caches, downloads) instead of waiting on its
+        locks or repeating its work. If rank 0 fails, every rank stops: with rank 0's one line
+        (:class:`~xaibench.errors.UserError`) or naming rank 0's failure."""
+        from .errors import UserError
+
+        result, error = None, None
+        if self.main:
+            try:
+                result = main()
+            except BaseException as exc:  # every rank must hear of it, then rank 0 re-raises it
+                error = exc
+        failure = self.broadcast(None if error is None else (isinstance(error, UserError), str(error)))
+        if error is not None:
+            raise error
+        if failure is not None:
+            one_line, message = failure
+            raise UserError(message) if one_line else RuntimeError(f"rank 0 failed: {message}")
+        return result if self.main else (others or main)()
 
     def close(self) -> None:
         if self.initialised:

@@ -37,13 +37,12 @@ def lines(methods, metrics, shape: Shape, eval_ctx, n_train: int, train_seeds: i
     out = []
     for m in methods:
         seeds = train_seeds if m.requires.training else 1
-        fit = getattr(m, "fit_cost", None)
         out.append(
             Line(
                 m.name,
                 seeds * m.cost(shape).equivalent,
                 seeds * sum(metric.cost(shape, eval_ctx, m).equivalent for metric in metrics),
-                seeds * (fit(shape, n_train).equivalent if fit else 0.0),
+                seeds * m.fit_cost(shape, n_train).equivalent,
             )
         )
     return out

@@ -183,18 +183,10 @@ def _part_status(store: RunStore, ctx: RunContext, method, part: str) -> dict:
 def _open(stack, dist, spec, run_id: str, identity: dict) -> RunStore:
     """The run's store on every rank; rank 0 claims the directory and holds its lock, and every
     rank stops with the same one line if the claim is refused."""
-    store, error = None, None
-    if dist.main:
-        try:
-            store = stack.enter_context(open_store(spec.out, run_id, identity, spec.overwrite, 0, dist.world))
-        except UserError as exc:
-            error = exc
-    message = dist.broadcast(None if error is None else str(error))
-    if error is not None:
-        raise error
-    if message is not None:
-        raise UserError(message)
-    return store or RunStore(Path(spec.out) / run_id, identity, dist.rank, dist.world)
+    return dist.main_first(
+        lambda: stack.enter_context(open_store(spec.out, run_id, identity, spec.overwrite, 0, dist.world)),
+        lambda: RunStore(Path(spec.out) / run_id, identity, dist.rank, dist.world),
+    )
 
 
 def execute(config: RunConfig, context: Optional[RunContext] = None, methods=None) -> RunOutcome:
@@ -212,7 +204,7 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
     needs_train = needs_train_images(methods, metrics)
     try:
         with bars_and_logs(), contextlib.ExitStack() as stack:
-            ctx = context or load_context(spec, needs_train)
+            ctx = context or dist.main_first(lambda: load_context(spec, needs_train))
             identity = run_identity(spec, ctx, with_train=needs_train and ctx.load_split is not None)
             run_id = spec.run_id or default_run_id(spec, identity, methods)
             store = _open(stack, dist, spec, run_id, identity)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence
 import torch
 
 from xaibench.attribution import Attribution
-from xaibench.cost import FORWARD_BACKWARD, Cost, Shape
+from xaibench.cost import FORWARD_BACKWARD, FREE, Cost, Shape
 from xaibench.params import NoParams
 from xaibench.params import build as build_params
 from xaibench.registry import METHODS
@@ -91,19 +91,20 @@ class AttributionMethod:
     def __init__(self, preset: str = "paper", seed: int = 0, **params: Any) -> None:
         self.preset = preset
         self.seed = seed
-        if hasattr(self, "defaults"):  # TODO(learned methods): move to Params like every other method
-            self.params = {**self.defaults, **self.presets.get(preset, {}), **params}
-            return
         self.params = build_params(self.Params, self.presets, preset, params, f"method '{self.name}'")
 
     def settings(self) -> Dict[str, Any]:
         """Everything that determines the maps (recorded in the run's config)."""
-        values = self.params if isinstance(self.params, dict) else asdict(self.params)
-        return {"preset": self.preset, "seed": self.seed, **values}
+        return {"preset": self.preset, "seed": self.seed, **asdict(self.params)}
 
     def cost(self, shape: Shape) -> Cost:
         """Passes through the model to explain one image (default: one forward and backward)."""
         return FORWARD_BACKWARD
+
+    def fit_cost(self, shape: Shape, n_train: int) -> Cost:
+        """Passes through classifier-sized models to train the method (``fit``) once, at its
+        step cap (default: nothing to train)."""
+        return FREE
 
     def applies_to(self, adapter, has_masks: bool = True) -> Optional[str]:
         """None if the method can explain this model/dataset, else the reason it cannot."""

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from xaibench.attribution import minmax
 from xaibench.params import check
 
 from .base import UP, Metric, MetricResult, register_metric
-from .ranking import minmax, pixel_maps
+from .ranking import pixel_maps
 
 
 def binned_mutual_information(maps: torch.Tensor, masks: torch.Tensor, n_bins: int = 20) -> torch.Tensor:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from xaibench.attribution import minmax
 from xaibench.params import check
 
 from .base import UP, Metric, MetricResult, register_metric
-from .ranking import minmax, pixel_maps
+from .ranking import pixel_maps
 
 
 def iou_curve(maps: torch.Tensor, masks: torch.Tensor, n_thresholds: int = 100):

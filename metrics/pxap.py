@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xaibench.attribution import minmax
 from xaibench.params import check
 
 from .base import UP, Metric, MetricResult, register_metric
-from .ranking import minmax, pixel_maps
+from .ranking import pixel_maps
 
 
 def pxap_edges(n_thresholds: int = 1000) -> torch.Tensor:

@@ -35,16 +35,6 @@ def keep_first(order: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
     return rank[:, None, :] < ks.to(order.device)[None, :, None]
 
 
-def minmax(values: torch.Tensor) -> torch.Tensor:
-    """Per-row min-max normalisation of (B, n) to [0, 1]; a constant row becomes zeros."""
-    lo = values.min(dim=1, keepdim=True).values
-    hi = values.max(dim=1, keepdim=True).values
-    span = hi - lo
-    return torch.where(
-        span > 0, (values - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(values)
-    )
-
-
 def pixel_maps(attribution, size) -> torch.Tensor:
     """(B, H·W) pixel-level map: patch maps upsampled (nearest), pixel maps resized if needed."""
     return attribution.to_pixels(tuple(size)).flatten(1)

@@ -23,10 +23,10 @@ import torch
 
 from xaibench.errors import UserError
 from xaibench.params import check
+from xaibench.sampling import sampling_weights, weighted_subsets
 
 from .base import DOWN, UP, Metric, MetricResult, register_metric
 from .engine import removal_probs
-from .sampling import sampling_weights, weighted_subsets
 
 #: bytes per keep-mask element while subsets are drawn (uniforms, keys, two int64 argsorts, the
 #: mask): the cardinalities drawn at once are chunked to the adapter's memory budget with it

@@ -51,6 +51,7 @@ from xaibench.datasets import TensorSplit, load_dataset, register_dataset
 from xaibench.io import cache_dir as resolve_cache_dir
 from xaibench.methods import FitContext, create_method
 from xaibench.methods.learned import common, surrogate
+from xaibench.methods.learned.amortized import build_net
 from xaibench.methods.learned.exact_shapley import coalition_masks, exact_shapley, removal_game
 from xaibench.models import ClassifierRecipe, load_model, register_model
 from xaibench.seeding import derive_seed
@@ -280,7 +281,7 @@ def main() -> None:
         maps[name] = m.all_values(x)[torch.arange(len(x)), :, target]
     untrained = create_method("vit_shapley", preset="paper", **recipe)
     untrained.surrogate = sur
-    untrained.net = untrained.build_net(adapter, args.seed).eval()
+    untrained.net = build_net(untrained, adapter, args.seed).eval()
     maps["untrained_explainer"] = untrained.all_values(x)[torch.arange(len(x)), :, target]
     results = {}
     for g, v in tables.items():

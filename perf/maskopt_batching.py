@@ -35,12 +35,12 @@ def joint(method, adapter, x, target, ids):
     from xaibench.removal import Removal
     from xaibench.seeding import generator
 
-    steps, D, s = (int(method.params[k]) for k in ("steps", "n_distractors", "upsample"))
+    steps, D, s = (int(getattr(method.params, k)) for k in ("steps", "n_distractors", "upsample"))
     B, _, H, W = x.shape
     pool = method.distractors
     gens = [generator(method.seed, i, "maskopt") for i in ids]
     w = torch.zeros(B, math.ceil(H / s), math.ceil(W / s), requires_grad=True)
-    opt = torch.optim.Adam([w], lr=float(method.params["lr"]))
+    opt = torch.optim.Adam([w], lr=float(method.params.lr))
     for _ in range(steps):
         picks = torch.stack([torch.randint(0, len(pool), (D,), generator=g) for g in gens])
         M = upsample(w.sigmoid(), (H, W))

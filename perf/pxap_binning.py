@@ -22,7 +22,7 @@ import torch
 
 
 def previous_pxap(maps: torch.Tensor, masks: torch.Tensor, T: int = 1000) -> float:
-    from xaibench.metrics.ranking import minmax
+    from xaibench.attribution import minmax
 
     s = minmax(maps.float())
     b = (s * T).floor().long().clamp(0, T - 1)

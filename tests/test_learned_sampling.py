@@ -10,7 +10,7 @@ import torch
 
 from xaibench.methods.learned.exact_shapley import coalition_masks, exact_shapley
 from xaibench.methods.learned.sampling import guided_masks, shapley_kernel_masks, shapley_kernel_sizes
-from xaibench.metrics.sampling import sampling_weights as minmax
+from xaibench.sampling import sampling_weights as minmax
 
 
 def sequential_draw_probability(weights, subset):

@@ -20,6 +20,7 @@ from conftest import make_tiny_vit
 from xaibench.datasets import load_dataset
 from xaibench.methods import FitContext, create_method
 from xaibench.methods.learned import common, surrogate
+from xaibench.methods.learned.amortized import build_net
 from xaibench.methods.learned.exact_shapley import exact_shapley, removal_game
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,7 +73,7 @@ def game_setup(tmp_path_factory):
     }
     untrained = create_method("vit_shapley", preset="quick", freeze_backbone=False, **PARAMS)
     untrained.surrogate = methods["vit_shapley"].surrogate
-    untrained.net = untrained.build_net(adapter, 0).eval()
+    untrained.net = build_net(untrained, adapter, 0).eval()
     maps = {name: m.all_values(x)[rows, :, target] for name, m in methods.items()}
     maps["untrained"] = untrained.all_values(x)[rows, :, target]
     return methods, x, target, games, maps

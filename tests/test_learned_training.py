@@ -16,7 +16,7 @@ from conftest import make_tiny_vit
 from xaibench.datasets import TensorSplit, load_dataset
 from xaibench.methods import FitContext, create_method
 from xaibench.methods.learned import common, surrogate
-from xaibench.methods.learned.amortized import ExplainerRecipe
+from xaibench.methods.learned.amortized import ExplainerParams, ExplainerRecipe
 from xaibench.methods.learned.common import StoppingRule, cache_key, holdout
 from xaibench.methods.learned.salvage import js_divergence
 from xaibench.training import Plateau, train_epochs
@@ -122,7 +122,8 @@ def test_image_file_split_fingerprint_hashes_relative_paths_sizes_and_contents(t
 
 def test_cache_key_covers_data_content_classifier_recipe_rule_and_seed(train16):
     a = four_patch_vit()
-    r = ExplainerRecipe(batch_size=4, masks_per_image=4, lr=1e-3, weight_decay=0.0)
+    params = ExplainerParams(batch_size=4, masks_per_image=4, lr=1e-3, weight_decay=0.0)
+    r = ExplainerRecipe(params)
     base = cache_key("vit_shapley", a, r, 0, train16, None, TINY_RULE)
     renamed = TensorSplit(
         "other", "train", train16.classes, train16.images, train16.labels, train16.ids, train16.masks
@@ -134,7 +135,9 @@ def test_cache_key_covers_data_content_classifier_recipe_rule_and_seed(train16):
         "synthetic", "train", train16.classes, images, train16.labels, train16.ids, train16.masks
     )
     assert base != cache_key("vit_shapley", a, r, 0, edited, None, TINY_RULE)
-    assert base != cache_key("vit_shapley", a, dataclasses.replace(r, lr=1e-4), 0, train16, None, TINY_RULE)
+    assert base != cache_key(
+        "vit_shapley", a, ExplainerRecipe(dataclasses.replace(params, lr=1e-4)), 0, train16, None, TINY_RULE
+    )
     assert base != cache_key("vit_shapley", a, dataclasses.replace(r, version=2), 0, train16, None, TINY_RULE)
     assert base != cache_key("vit_shapley", a, r, 1, train16, None, TINY_RULE)
     assert base != cache_key("vit_shapley", a, r, 0, train16, train16, TINY_RULE)

@@ -8,8 +8,8 @@ import torch
 
 from xaibench.attribution import Attribution
 from xaibench.metrics import Batch, EvalContext, create_metric
-from xaibench.metrics.sampling import gumbel_noise, sampling_weights
 from xaibench.removal import Removal
+from xaibench.sampling import gumbel_noise, sampling_weights
 from xaibench.seeding import generator
 
 IDS = ["im0", "im1", "im2"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from xaibench.metrics.sampling import gumbel_noise, sampling_weights, subsets_from_keys, weighted_subsets
+from xaibench.sampling import gumbel_noise, sampling_weights, subsets_from_keys, weighted_subsets
 
 
 def successive_subset_probability(w, subset):

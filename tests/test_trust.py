@@ -108,7 +108,7 @@ def test_any_edited_source_file_changes_the_identity(monkeypatch):
 
     base = identity.source_fingerprint()
     for edited in (
-        "metrics/sampling.py",
+        "benchmark/sampling.py",
         "benchmark/adapter.py",
         "benchmark/removal.py",
         "methods/learned/amortized.py",

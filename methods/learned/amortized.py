@@ -19,10 +19,13 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from xaibench.attribution import Attribution
+from xaibench.cost import FORWARD_BACKWARD, Cost, Shape
+from xaibench.errors import UserError
 from xaibench.seeding import generator
 
 from ..base import AttributionMethod, Requires
 from .common import (
+    STOPPING,
     cache_key,
     holdout,
     in_chunks,
@@ -36,41 +39,65 @@ from .common import (
     training_line,
 )
 from .explainer import PatchExplainer
-from .surrogate import REMOVAL, fit_surrogate
+from .surrogate import REMOVAL, fit_surrogate, surrogate_fit_cost
+
+
+@dataclass(frozen=True)
+class ExplainerParams:
+    """The training recipe of ViT-Shapley and Salvage (the stopping rule is shared, see
+    :mod:`.common`). ``freeze_backbone`` trains only the added block, LayerNorm and MLP (the quick
+    preset's budget choice; the papers fine-tune the whole explainer)."""
+
+    batch_size: int = 64
+    masks_per_image: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    freeze_backbone: bool = False
+    mlp_layers: int = 3
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "masks_per_image", "mlp_layers"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "mlp_ratio"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
 
 
 @dataclass(frozen=True)
 class ExplainerRecipe:
-    """How an explainer (ViT-Shapley or Salvage) is trained (the stopping rule is shared, see
-    :mod:`.common`). ``freeze_backbone`` trains only the added block, LayerNorm and MLP (the quick
-    preset's budget choice; the papers fine-tune the whole explainer)."""
+    """Everything that determines a trained explainer: its parameters, the schedule, the clipping
+    and the subclass's recipe version."""
 
-    batch_size: int
-    masks_per_image: int
-    lr: float
-    weight_decay: float
-    freeze_backbone: bool = False
-    mlp_layers: int = 3
-    mlp_ratio: float = 4.0
+    params: ExplainerParams
     schedule: str = "cosine"
     clip: float = 1.0
-    guided: bool = True  # Salvage only: attribution-guided sampling (Algorithm 3)
     version: int = 1
 
 
-RECIPE_FIELDS = (
-    "batch_size",
-    "masks_per_image",
-    "lr",
-    "weight_decay",
-    "freeze_backbone",
-    "mlp_layers",
-    "mlp_ratio",
-)
+def explainer_fit_cost(params: ExplainerParams, rule, shape: Shape) -> Cost:
+    """Forward-equivalents of training at the step cap (an upper bound: early stopping ends
+    sooner): per image, the explainer's forward and backward, the surrogate's v(N) and v(∅), and
+    its masked forwards (half the patches kept on average); validation rounds added."""
+    P = shape.num_patches
+    per_image = FORWARD_BACKWARD + Cost(
+        shape.kept(P) + shape.kept(0) + params.masks_per_image * shape.kept(P / 2)
+    )
+    validation = (
+        rule.rounds
+        * rule.val_images
+        * Cost(1 + shape.kept(P) + shape.kept(0) + rule.val_masks * shape.kept(P / 2))
+    )
+    return rule.max_steps * params.batch_size * per_image + validation
 
 
 class AmortizedExplainer(AttributionMethod):
     requires = Requires(vit=True, training=True)
+    queries_model = False
+    Params = ExplainerParams
     #: bumped by a subclass when its training changes what it produces
     recipe_version: int = 1
     #: ``tanh`` on the explainer's outputs, or ``none``
@@ -119,12 +146,15 @@ class AmortizedExplainer(AttributionMethod):
         """Adjust the freshly initialised explainer before training (default: nothing)."""
 
     def recipe(self) -> ExplainerRecipe:
-        p = self.params
-        return ExplainerRecipe(
-            **{k: p[k] for k in RECIPE_FIELDS},
-            guided=bool(p.get("guided", True)),
-            version=self.recipe_version,
-        )
+        return ExplainerRecipe(self.params, version=self.recipe_version)
+
+    def cost(self, shape: Shape) -> Cost:
+        """One explainer forward and the surrogate's v(N) and v(∅) per image."""
+        return Cost(1 + shape.kept(shape.num_patches) + shape.kept(0))
+
+    def fit_cost(self, shape: Shape, n_train: int) -> Cost:
+        rule = STOPPING[self.preset]
+        return explainer_fit_cost(self.params, rule, shape) + surrogate_fit_cost(self.preset, shape)
 
     # ---- shared machinery
     def game_endpoints(self, x: torch.Tensor):
@@ -140,96 +170,28 @@ class AmortizedExplainer(AttributionMethod):
         v = self.surrogate.masked_probs(x, keep, REMOVAL)
         return v[:, 0], v[:, 1]
 
-    def build_net(self, adapter, seed: int) -> PatchExplainer:
-        recipe = self.recipe()
-        net = seeded_init(
-            seed,
-            self.name,
-            build=lambda: PatchExplainer(
-                self.surrogate.model,
-                adapter.num_prefix_tokens,
-                self.out_dim(adapter.num_classes),
-                recipe.mlp_layers,
-                recipe.mlp_ratio,
-                recipe.freeze_backbone,
-                self.activation,
-            ),
-        ).to(adapter.device)
-        net.backbone.requires_grad_(not recipe.freeze_backbone)
-        self.init_head(net)
-        return net
-
     def fit(self, adapter, train_data, ctx) -> None:
-        recipe = self.recipe()
         rule = stopping_rule(ctx)
         hold = holdout(train_data, ctx, rule)
         sur, sur_key, sur_info = fit_surrogate(adapter, train_data, ctx)
         self.surrogate = sur
-        device, P, M = adapter.device, adapter.num_patches, recipe.masks_per_image
-        net = self.build_net(adapter, ctx.seed)
+        net = build_net(self, adapter, ctx.seed)
         key = cache_key(
             self.name,
             adapter,
-            recipe,
+            self.recipe(),
             ctx.seed,
             train_data,
             hold.val_split if hold.source == "val_data" else None,
             rule,
             extra={"surrogate": sur_key},
         )
-
-        def train(directory: Path) -> dict:
-            x_val = adapter.normalize(split_images(hold.val_split, hold.val_rows))
-            keep_val = self.validation_masks(
-                len(x_val), rule.val_masks, P, generator(ctx.seed, "validation-masks", self.name)
-            ).to(device)
-            with torch.no_grad():
-                full_val, empty_val = self.game_endpoints(x_val)
-                masked_val = sur.masked_probs(x_val, keep_val, REMOVAL)
-
-            def validate() -> float:
-                total, bs = 0.0, recipe.batch_size
-                for s in range(0, len(x_val), bs):
-                    sl = slice(s, s + bs)
-                    loss = self.loss(
-                        net(x_val[sl]), keep_val[sl], masked_val[sl], full_val[sl], empty_val[sl]
-                    )
-                    total += float(loss) * len(x_val[sl])
-                return total / len(x_val)
-
-            def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-                x = adapter.normalize(split_images(train_data, idx))
-                with torch.no_grad():
-                    v_full, v_empty = self.game_endpoints(x)
-                out = net(x)
-                labels = split_labels(train_data, idx).to(device)
-                keep = self.sample_masks(out.detach(), v_full, labels, M, g).to(device)
-                v_masked = sur.masked_probs(x, keep, REMOVAL)
-                return self.loss(out, keep, v_masked, v_full, v_empty)
-
-            opt = torch.optim.AdamW(
-                [p for p in net.parameters() if p.requires_grad],
-                lr=recipe.lr,
-                weight_decay=recipe.weight_decay,
-            )
-            info = train_to_plateau(
-                directory,
-                {"explainer": net},
-                opt,
-                rule,
-                hold.train_rows,
-                recipe.batch_size,
-                step,
-                validate,
-                seed=ctx.seed,
-                desc=self.name,
-                progress=ctx.progress,
-                schedule=recipe.schedule,
-                clip=recipe.clip,
-            )
-            return {**info, "validation": hold.describe()}
-
-        info = train_cached(Path(ctx.cache_dir) / key, self.name, {"explainer": net}, train)
+        info = train_cached(
+            Path(ctx.cache_dir) / key,
+            self.name,
+            {"explainer": net},
+            lambda directory: train_explainer(self, net, adapter, train_data, ctx, rule, hold, directory),
+        )
         net.eval()
         self.net = net
         self.fit_info = {
@@ -272,3 +234,78 @@ class AmortizedExplainer(AttributionMethod):
             + "; "
             + training_line("surrogate", self.fit_info["surrogate"])
         ]
+
+
+def build_net(method: AmortizedExplainer, adapter, seed: int) -> PatchExplainer:
+    """The explainer on a copy of the surrogate's backbone, seeded, with the subclass's head."""
+    recipe = method.recipe()
+    net = seeded_init(
+        seed,
+        method.name,
+        build=lambda: PatchExplainer(
+            method.surrogate.model,
+            adapter.num_prefix_tokens,
+            method.out_dim(adapter.num_classes),
+            recipe.params.mlp_layers,
+            recipe.params.mlp_ratio,
+            recipe.params.freeze_backbone,
+            method.activation,
+        ),
+    ).to(adapter.device)
+    net.backbone.requires_grad_(not recipe.params.freeze_backbone)
+    method.init_head(net)
+    return net
+
+
+def train_explainer(
+    method: AmortizedExplainer, net, adapter, train_data, ctx, rule, hold, directory: Path
+) -> dict:
+    """Train ``net`` against the fitted surrogate's removal game until the validation loss (the
+    same loss on held-out images with fixed, seeded masks) stops improving."""
+    recipe, sur, device, P = method.recipe(), method.surrogate, adapter.device, adapter.num_patches
+    params = recipe.params
+    x_val = adapter.normalize(split_images(hold.val_split, hold.val_rows))
+    keep_val = method.validation_masks(
+        len(x_val), rule.val_masks, P, generator(ctx.seed, "validation-masks", method.name)
+    ).to(device)
+    with torch.no_grad():
+        full_val, empty_val = method.game_endpoints(x_val)
+        masked_val = sur.masked_probs(x_val, keep_val, REMOVAL)
+
+    def validate() -> float:
+        total, bs = 0.0, params.batch_size
+        for s in range(0, len(x_val), bs):
+            sl = slice(s, s + bs)
+            loss = method.loss(net(x_val[sl]), keep_val[sl], masked_val[sl], full_val[sl], empty_val[sl])
+            total += float(loss) * len(x_val[sl])
+        return total / len(x_val)
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        x = adapter.normalize(split_images(train_data, idx))
+        with torch.no_grad():
+            v_full, v_empty = method.game_endpoints(x)
+        out = net(x)
+        labels = split_labels(train_data, idx).to(device)
+        keep = method.sample_masks(out.detach(), v_full, labels, params.masks_per_image, g).to(device)
+        v_masked = sur.masked_probs(x, keep, REMOVAL)
+        return method.loss(out, keep, v_masked, v_full, v_empty)
+
+    opt = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=params.lr, weight_decay=params.weight_decay
+    )
+    info = train_to_plateau(
+        directory,
+        {"explainer": net},
+        opt,
+        rule,
+        hold.train_rows,
+        params.batch_size,
+        step,
+        validate,
+        seed=ctx.seed,
+        desc=method.name,
+        progress=ctx.progress,
+        schedule=recipe.schedule,
+        clip=recipe.clip,
+    )
+    return {**info, "validation": hold.describe()}

@@ -22,6 +22,7 @@ accuracy on x_s beside the classifier's (Table 2). The map is class-agnostic (th
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -30,9 +31,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xaibench.attribution import Attribution
+from xaibench.cost import FORWARD_BACKWARD, Cost, Shape
+from xaibench.errors import UserError
 
 from ..base import AttributionMethod, Requires, register_method
 from .common import (
+    STOPPING,
     cache_key,
     clone_adapter,
     holdout,
@@ -98,6 +102,30 @@ def comet_loss(
     return lp - a * ld + b * reg, lp, ld, reg
 
 
+@dataclass(frozen=True)
+class CometParams:
+    """Eq. 7's weights a, b and target size t, Adam's lr and batch (the paper's §4.1), the
+    selector's width, and how the predictor starts (``classifier`` weights or ``scratch``)."""
+
+    batch_size: int = 64
+    lr: float = 5e-4
+    a: float = 5.0
+    b: float = 100.0
+    t: float = 0.1
+    selector_width: int = 16
+    predictor_init: str = "classifier"
+
+    def __post_init__(self) -> None:
+        if self.predictor_init not in ("classifier", "scratch"):
+            raise UserError(
+                f"comet predictor_init must be 'classifier' or 'scratch', got {self.predictor_init!r}"
+            )
+        if self.batch_size < 1 or self.selector_width < 1:
+            raise UserError("comet batch_size and selector_width must be at least 1")
+        if not self.lr > 0 or self.a < 0 or self.b < 0 or not 0 <= self.t <= 1:
+            raise UserError("comet needs lr > 0, a ≥ 0, b ≥ 0 and t in [0, 1]")
+
+
 @register_method("comet")
 class Comet(AttributionMethod):
     """COMET: selector + predictor trained jointly against a frozen detector; explains its own predictor."""
@@ -105,27 +133,14 @@ class Comet(AttributionMethod):
     label = "COMET"
     requires = Requires(training=True)
     explains_own_model = True
-    defaults = {
-        "batch_size": 64,
-        "lr": 5e-4,
-        "a": 5.0,
-        "b": 100.0,
-        "t": 0.1,
-        "selector_width": 16,
-        "predictor_init": "classifier",
-    }
+    class_dependent = False
+    queries_model = False
+    Params = CometParams
     presets = {"quick": {"batch_size": 16}}
     RECIPE_VERSION = 2  # 2: shared stopping rule and validation
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.params["predictor_init"] not in ("classifier", "scratch"):
-            from xaibench.errors import UserError
-
-            raise UserError(
-                "comet predictor_init must be 'classifier' or 'scratch', "
-                f"got {self.params['predictor_init']!r}"
-            )
         self.selector = None
         self.predictor = None
         self.fit_info: Dict[str, Any] = {}
@@ -133,16 +148,26 @@ class Comet(AttributionMethod):
             k: [] for k in ("comet", "predictor_full", "classifier", "label", "selected")
         }
 
+    def cost(self, shape: Shape) -> Cost:
+        """The selector (a small network) plus the three classifier-sized forwards ``observe``
+        runs per image (predictor on the selection and on the full image, the classifier)."""
+        return Cost(3.0)
+
+    def fit_cost(self, shape: Shape, n_train: int) -> Cost:
+        """At the step cap (an upper bound): per image, predictor and detector forward and backward
+        (the detector's gradient reaches the selector); validation: both forwards."""
+        rule = STOPPING[self.preset]
+        training = rule.max_steps * self.params.batch_size * (2 * FORWARD_BACKWARD)
+        return training + rule.rounds * rule.val_images * Cost(2.0)
+
     def fit(self, adapter, train_data, ctx) -> None:
         p = self.params
-        device = adapter.device
         rule = stopping_rule(ctx)
         hold = holdout(train_data, ctx, rule)
-        selector = seeded_init(ctx.seed, "comet-selector", build=lambda: Selector(p["selector_width"])).to(
-            device
-        )
+        selector = seeded_init(ctx.seed, "comet-selector", build=lambda: Selector(p.selector_width))
+        selector = selector.to(adapter.device)
         predictor = clone_adapter(adapter, name=f"{adapter.name}-comet-predictor")
-        if p["predictor_init"] == "scratch":
+        if p.predictor_init == "scratch":
 
             def reset():
                 for m in predictor.model.modules():
@@ -151,69 +176,23 @@ class Comet(AttributionMethod):
                 return predictor.model
 
             seeded_init(ctx.seed, "comet-predictor", build=reset)
-        recipe = {k: p[k] for k in ("batch_size", "lr", "a", "b", "t", "selector_width", "predictor_init")}
         key = cache_key(
             "comet",
             adapter,
-            {**recipe, "version": self.RECIPE_VERSION},
+            {**asdict(p), "version": self.RECIPE_VERSION},
             ctx.seed,
             train_data,
             hold.val_split if hold.source == "val_data" else None,
             rule,
             extra={"removal": REMOVAL},
         )
-
-        def losses(x: torch.Tensor, y: torch.Tensor):
-            s = selector(x)
-            logits_p = predictor.masked_logits(x, s, REMOVAL)
-            logits_d = adapter.masked_logits(x, 1 - s, REMOVAL)
-            return comet_loss(logits_p, logits_d, s, y, p["a"], p["b"], p["t"])
-
-        def train(directory: Path) -> dict:
-            predictor.model.requires_grad_(True)
-            x_val = adapter.normalize(split_images(hold.val_split, hold.val_rows))
-            y_val = split_labels(hold.val_split, hold.val_rows).to(device)
-
-            def validate() -> float:
-                adapter.model.eval()
-                total, bs = 0.0, p["batch_size"]
-                for s in range(0, len(x_val), bs):
-                    total += float(losses(x_val[s : s + bs], y_val[s : s + bs])[0]) * len(x_val[s : s + bs])
-                return total / len(x_val)
-
-            def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-                adapter.model.eval()
-                x = adapter.normalize(split_images(train_data, idx))
-                y = split_labels(train_data, idx).to(device)
-                return losses(x, y)[0]
-
-            opt = torch.optim.Adam(
-                list(selector.parameters()) + list(predictor.model.parameters()), lr=p["lr"]
-            )
-            info = train_to_plateau(
-                directory,
-                {"selector": selector, "predictor": predictor.model},
-                opt,
-                rule,
-                hold.train_rows,
-                p["batch_size"],
-                step,
-                validate,
-                seed=ctx.seed,
-                desc="comet",
-                progress=ctx.progress,
-                schedule="constant",
-                clip=None,
-            )
-            return {**info, "validation": hold.describe()}
-
         adapter.model.requires_grad_(False)  # the frozen detector
         try:
             info = train_cached(
                 Path(ctx.cache_dir) / key,
                 "comet",
                 {"selector": selector, "predictor": predictor.model},
-                train,
+                lambda d: train_comet(p, selector, predictor, adapter, train_data, ctx, rule, hold, d),
             )
         finally:
             adapter.model.requires_grad_(True)
@@ -277,3 +256,52 @@ class Comet(AttributionMethod):
                 "mean_selected_fraction": float(torch.cat(self._seen["selected"]).mean()),
             }
         return out
+
+
+def train_comet(
+    p: CometParams, selector, predictor, adapter, train_data, ctx, rule, hold, directory: Path
+) -> dict:
+    """Selector and predictor trained jointly on Eq. 7 against the frozen detector ``adapter``,
+    until the validation loss (Eq. 7 on held-out images, networks in eval mode) stops improving."""
+    device = adapter.device
+
+    def losses(x: torch.Tensor, y: torch.Tensor):
+        s = selector(x)
+        logits_p = predictor.masked_logits(x, s, REMOVAL)
+        logits_d = adapter.masked_logits(x, 1 - s, REMOVAL)
+        return comet_loss(logits_p, logits_d, s, y, p.a, p.b, p.t)
+
+    predictor.model.requires_grad_(True)
+    x_val = adapter.normalize(split_images(hold.val_split, hold.val_rows))
+    y_val = split_labels(hold.val_split, hold.val_rows).to(device)
+
+    def validate() -> float:
+        adapter.model.eval()
+        total, bs = 0.0, p.batch_size
+        for s in range(0, len(x_val), bs):
+            total += float(losses(x_val[s : s + bs], y_val[s : s + bs])[0]) * len(x_val[s : s + bs])
+        return total / len(x_val)
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        adapter.model.eval()
+        x = adapter.normalize(split_images(train_data, idx))
+        y = split_labels(train_data, idx).to(device)
+        return losses(x, y)[0]
+
+    opt = torch.optim.Adam(list(selector.parameters()) + list(predictor.model.parameters()), lr=p.lr)
+    info = train_to_plateau(
+        directory,
+        {"selector": selector, "predictor": predictor.model},
+        opt,
+        rule,
+        hold.train_rows,
+        p.batch_size,
+        step,
+        validate,
+        seed=ctx.seed,
+        desc="comet",
+        progress=ctx.progress,
+        schedule="constant",
+        clip=None,
+    )
+    return {**info, "validation": hold.describe()}

@@ -40,12 +40,13 @@ gets right and on those it gets wrong (Table 2, Appendix A.4), via :meth:`report
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
 
 from ..base import register_method
-from .amortized import AmortizedExplainer
+from .amortized import AmortizedExplainer, ExplainerParams
 from .common import in_chunks
 from .sampling import guided_masks, shapley_weight_masks, uniform_size_masks
 
@@ -67,6 +68,14 @@ def to_logits(z: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.cat([torch.zeros_like(z), z], -1) if num_classes == 2 else z
 
 
+@dataclass(frozen=True)
+class SalvageParams(ExplainerParams):
+    """The salvage paper's recipe (§5.1: AdamW lr 1e-5); ``guided=False`` is its ablation."""
+
+    lr: float = 1e-5
+    guided: bool = True
+
+
 @register_method("salvage")
 class Salvage(AmortizedExplainer):
     """Salvage: Shapley-distribution learning (JS loss) with attribution-guided sampling."""
@@ -74,16 +83,7 @@ class Salvage(AmortizedExplainer):
     label = "Salvage"
     recipe_version = 5  # 4: reference head, schedule, clipping, shared stopping, label target, p_w ablation;
     # 5: last layer initialised at 0.1 × default (was zero)
-    defaults = {
-        "batch_size": 64,
-        "masks_per_image": 32,
-        "lr": 1e-5,
-        "weight_decay": 1e-5,
-        "freeze_backbone": False,
-        "mlp_layers": 3,
-        "mlp_ratio": 4.0,
-        "guided": True,
-    }
+    Params = SalvageParams
     #: quick: the embedded default's CPU budget, as ViT-Shapley's (backbone frozen, 8 masks, batch 16)
     #: but with a 2-layer MLP of the embedding width (the explainer of our earlier releases): with the
     #: reference head (3 layers, 4 × wider), 1 of 3 training seeds was still fitting u(S) by the subset
@@ -155,7 +155,7 @@ class Salvage(AmortizedExplainer):
 
     def sample_masks(self, out, v_full, labels, num_masks, g):
         B, P = out.shape[:2]
-        if not self.params["guided"]:
+        if not self.params.guided:
             return shapley_weight_masks(B, num_masks, P, g)
         phi = self.values(out)
         phi_t = phi.gather(2, labels.to(out.device).view(-1, 1, 1).expand(-1, P, 1))[..., 0]

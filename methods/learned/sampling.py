@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from xaibench.metrics.sampling import gumbel_top_k, sampling_weights
+from xaibench.sampling import gumbel_top_k, sampling_weights
 
 
 def shapley_kernel_sizes(num_patches: int) -> torch.Tensor:

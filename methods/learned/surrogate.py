@@ -20,9 +20,11 @@ from typing import Tuple
 import torch
 
 from xaibench.adapter import ModelAdapter
+from xaibench.cost import Cost, Shape
 from xaibench.seeding import generator
 
 from .common import (
+    STOPPING,
     cache_key,
     clone_adapter,
     holdout,
@@ -60,6 +62,17 @@ def kl_to_clean(clean_probs: torch.Tensor, masked_logits: torch.Tensor) -> torch
     """Mean over rows of KL(p ‖ softmax(masked_logits))."""
     logq = masked_logits.float().log_softmax(-1)
     return (clean_probs * (clean_probs.clamp_min(1e-12).log() - logq)).sum(-1).mean()
+
+
+def surrogate_fit_cost(preset: str, shape: Shape) -> Cost:
+    """Forward-equivalents of training the surrogate at the step cap (an upper bound): per image,
+    the classifier's clean forward and the surrogate's masked forwards and backwards (sizes
+    uniform, so half the patches kept on average); validation rounds added."""
+    recipe, rule = RECIPES[preset], STOPPING[preset]
+    half = shape.kept(shape.num_patches / 2)
+    per_image = Cost(1 + recipe.masks_per_image * half, recipe.masks_per_image * half)
+    validation = rule.rounds * rule.val_images * Cost(rule.val_masks * half)
+    return rule.max_steps * recipe.batch_size * per_image + validation
 
 
 def fit_surrogate(

@@ -39,15 +39,6 @@ class ViTShapley(AmortizedExplainer):
     label = "ViT-Shapley"
     recipe_version = 2  # 2: reference head (3-layer MLP ×4, tanh), schedule, clipping, shared stopping
     activation = "tanh"
-    defaults = {
-        "batch_size": 64,
-        "masks_per_image": 32,
-        "lr": 1e-4,
-        "weight_decay": 1e-5,
-        "freeze_backbone": False,
-        "mlp_layers": 3,
-        "mlp_ratio": 4.0,
-    }
     presets = {"quick": {"batch_size": 16, "masks_per_image": 8, "lr": 1e-3, "freeze_backbone": True}}
 
     def out_dim(self, num_classes: int) -> int:

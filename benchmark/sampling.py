@@ -15,9 +15,8 @@ from typing import Sequence
 
 import torch
 
-from xaibench.seeding import generator
-
-from .ranking import minmax
+from .attribution import minmax
+from .seeding import generator
 
 
 def sampling_weights(phi: torch.Tensor, most_relevant_first: bool = True) -> torch.Tensor:
