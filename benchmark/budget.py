@@ -186,7 +186,8 @@ class Budget:
                             record = {**read_json(path), "source": "cache"}
                         except (OSError, ValueError):
                             record = None  # unreadable: measure again and overwrite
-                    if record is None or record.get("key") != key:
+                    usable = record is not None and isinstance(record.get("rows"), int) and record["rows"] > 0
+                    if not usable or record.get("key") != key:
                         record = measure_calibration(self, key)
                         write_json(path, record)
             except OSError as exc:  # an unwritable cache costs reproducibility across runs, not the run

@@ -102,6 +102,12 @@ def _add_run_parser(sub, parents) -> None:
     )
     p.add_argument("--save-maps", action="store_true", help="keep every method's maps (maps/<method>.npz)")
     p.add_argument("--dry-run", action="store_true", help="print what the run would cost, and stop")
+    p.add_argument(
+        "--amp",
+        choices=("bf16", "fp16"),
+        default=None,
+        help="autocast the metrics' model passes (methods stay float32; recorded in the run's identity)",
+    )
     p = sub.add_parser(
         "evaluate",
         parents=parents,

@@ -19,6 +19,7 @@ from .batch import Batch
 from .datasets import DatasetSplit, load_dataset
 from .datasets.folder import attach_preprocessing, read_samples
 from .errors import UserError
+from .io import cache_path
 from .loading import decoded, load_batches
 from .models import load_model
 from .removal import Removal
@@ -98,6 +99,7 @@ def load_context(spec: RunSpec, needs_train_images: bool) -> RunContext:
         data=data,
         data_root=spec.data_root,
     )
+    adapter.budget.cache_dir = cache_path(spec.cache_dir) / "calibration"
     attach_preprocessing(data, adapter)  # image files → the model's size and crop, masks alike
     if spec.chunk_size:
         adapter.chunk_size = spec.chunk_size

@@ -217,6 +217,7 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
                 cardinalities=spec.cardinalities,
                 n_masks=spec.n_masks,
                 distractors=ctx.distractors,
+                amp=spec.amp,
             )
             if dist.main:
                 log.info(cost_table(spec, ctx.adapter, methods, active, eval_ctx, len(ctx.indices), ctx))
@@ -285,7 +286,7 @@ def dry_run(config: RunConfig) -> str:
     strategy = spec.removal if spec.removal != "auto" else ("drop" if adapter.is_vit else "mean")
     removal = SimpleNamespace(strategy=strategy, draws=spec.n_draws if strategy == "distractor" else 1)
     eval_ctx = EvalContext(
-        adapter, removal, seed=spec.seed, cardinalities=spec.cardinalities, n_masks=spec.n_masks
+        adapter, removal, seed=spec.seed, cardinalities=spec.cardinalities, n_masks=spec.n_masks, amp=spec.amp
     )
     sizes = getattr(DATASETS.get(spec.dataset), "sizes", {}) or {}
     n_images = spec.n_images or sizes.get(spec.split)

@@ -48,6 +48,8 @@ _NOT_NUMBERS = frozenset(
         "threads",
     }
 )
+#: autocast of the metrics' model passes: None (float32), bf16 or fp16
+AMP = (None, "bf16", "fp16")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -82,6 +84,7 @@ class RunConfig:
     train_seeds: int = 1
     save_maps: bool = False
     threads: Optional[int] = None  # torch threads (default: torch's; cores per rank under torchrun)
+    amp: Optional[str] = None  # bf16 or fp16 autocast of the metrics' passes (None: float32)
     dry_run: bool = False  # print the cost of the run and stop
 
 
@@ -116,6 +119,7 @@ class RunSpec:
     train_seeds: int
     save_maps: bool
     threads: Optional[int]
+    amp: Optional[str]
 
     def numbers(self) -> dict:
         """The settings the scores depend on (part of the run's identity)."""
@@ -197,6 +201,8 @@ def resolve(config: RunConfig) -> RunSpec:
     if c.removal != "auto" and c.removal not in STRATEGIES:
         valid = ", ".join(("auto",) + STRATEGIES)
         raise UserError(f"unknown removal strategy '{c.removal}'. Valid strategies: {valid}")
+    if c.amp not in AMP:
+        raise UserError(f"unknown --amp '{c.amp}'. Valid: {', '.join(a for a in AMP if a)} (or leave it out)")
     if c.split not in SPLITS:
         raise UserError(f"unknown split '{c.split}'. Valid splits: {', '.join(SPLITS)}")
     if c.preset not in PRESETS:
@@ -246,4 +252,5 @@ def resolve(config: RunConfig) -> RunSpec:
         train_seeds=c.train_seeds,
         save_maps=bool(c.save_maps),
         threads=c.threads,
+        amp=c.amp,
     )
