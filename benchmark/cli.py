@@ -219,7 +219,6 @@ def train_classifier(args) -> int:
         cache_dir=args.cache_dir,
         data_root=args.data_root,
         weights=args.weights,
-        progress=not args.quiet,
     )
     print(
         f"{directory / 'model.pt'}\n"

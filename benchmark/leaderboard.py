@@ -766,6 +766,11 @@ def aggregate_rank(
         seeds = sorted(
             {s for _, ss, _ in data[m].values() for s in ss}, key=lambda s: (s is not None, s or 0)
         )
+        if None in seeds and len(seeds) > 1:
+            raise UserError(
+                f"method '{m}' has scores with and scores without a {SEED_COLUMN} (scores.csv and "
+                "states.pt disagree); a method is either trained with seeds or not"
+            )
         n_seeds[m] = len(seeds)
         draws = (
             _seed_draws(len(seeds), generator(run.seed, "bootstrap_seeds", m, AGGREGATE), n_boot)

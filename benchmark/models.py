@@ -110,7 +110,7 @@ def _channel_stats(images_u8: torch.Tensor) -> Tuple[list, list]:
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
 
 
-def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.device, progress: bool) -> dict:
+def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.device) -> dict:
     """Train ``recipe`` on its dataset; write ``model.pt`` and ``meta.json`` into ``directory``."""
     opts = dict(recipe.dataset_options, seed=recipe.seed)
     train, val, test = (load_dataset(recipe.dataset, s, **opts) for s in ("train", "val", "test"))
@@ -146,7 +146,6 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
         scheduler=sched,
         scheduler_per_epoch=False,
         desc=f"training {recipe.arch} classifier",
-        progress=progress,
     )
     test_acc = accuracy(adapter, test)
     meta = {
@@ -181,7 +180,6 @@ def load_model(
     device: str | torch.device = "cpu",
     cache_dir: Optional[str] = None,
     weights: Optional[str] = None,
-    progress: bool = True,
     dataset_options: Optional[dict] = None,
     seed: int = 0,
     data=None,
@@ -210,7 +208,6 @@ def load_model(
             device=device,
             weights=weights,
             cache_dir=cache_dir,
-            progress=progress,
         )
     recipe: ClassifierRecipe = MODELS.get(name)()
     if recipe.dataset != dataset:
@@ -229,7 +226,7 @@ def load_model(
 
     def build(d: Path) -> dict:
         log.info(f"model '{name}' is not in the cache: training it once ({d})")
-        meta = train_classifier(recipe, d, device, progress)
+        meta = train_classifier(recipe, d, device)
         return {k: meta[k] for k in ("weights_sha256", "test_accuracy", "val_accuracy")}
 
     def load(d: Path):

@@ -224,7 +224,6 @@ def finetune_classifier(
     cache_dir: Optional[str] = None,
     data_root: Optional[str] = None,
     weights: Optional[str] = None,
-    progress: bool = True,
 ) -> Path:
     """Fine-tune ``recipe.model`` on ``recipe.dataset`` (cached, resumable); return the directory
     holding ``model.pt`` and ``meta.json``. The run then finds it by (model, dataset)."""
@@ -296,7 +295,6 @@ def finetune_classifier(
             scheduler=sched,
             scheduler_per_epoch=False,
             desc=f"fine-tuning {recipe.model} on {recipe.dataset}",
-            progress=progress,
         )
         meta = {
             "recipe": asdict(recipe),
@@ -379,7 +377,6 @@ def load_timm_model(
     device: str | torch.device = "cpu",
     weights: Optional[str] = None,
     cache_dir: Optional[str] = None,
-    progress: bool = True,
 ) -> ModelAdapter:
     """A :class:`ModelAdapter` for timm model ``name`` on ``data`` (a split: its ``classes`` and,
     for ImageNet subsets, ``imagenet_indices``). See the module docstring for the weights' order."""

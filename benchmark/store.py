@@ -232,9 +232,6 @@ def merge(
     """scores.csv, curves.csv, states.pt and maps/ from the finished parts ``entries``
     (method, part, training seed or None), in that order; ``all_maps``: keep every map."""
     frames, curve_frames, states = [], [], {}
-    seeds_of: Dict[str, List[Optional[int]]] = {}
-    for method, part, s in entries:
-        seeds_of.setdefault(method, []).append(s)
     (store.dir / "maps").mkdir(exist_ok=True)
     artifacts.clear(store.dir / "maps")
     for method, part, s in entries:
@@ -249,7 +246,7 @@ def merge(
         frames.append(scores)
         curve_frames.append(curves)
         part_states = _ordered_states(shard_states)
-        if len(seeds_of[method]) > 1:
+        if s is not None:  # a trained method's states are keyed by training seed, even for one seed
             for name, st in part_states.items():
                 states.setdefault(method, {}).setdefault(name, {})[s] = st
         else:

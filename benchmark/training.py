@@ -51,14 +51,12 @@ RESUMABLE = (CHECKPOINT, CHECKPOINT_RECORD, LOG)
 class Progress:
     """A progress bar over one epoch's steps (``xaibench.log.bar``; silent when disabled)."""
 
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+    def __init__(self, total: int, desc: str) -> None:
         from .log import bar
 
-        self.bar = bar(total=total, desc=desc) if enabled else None
+        self.bar = bar(total=total, desc=desc)
 
     def step(self, loss: float | None = None, **extra: float) -> None:
-        if self.bar is None:
-            return
         self.bar.update(1)
         shown = {k: f"{v:.4g}" for k, v in ({"loss": loss} if loss is not None else {}).items()}
         shown.update({k: f"{v:.4g}" for k, v in extra.items()})
@@ -66,8 +64,7 @@ class Progress:
             self.bar.set_postfix(shown, refresh=False)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 @dataclass(frozen=True)
@@ -183,11 +180,10 @@ def train_epochs(
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
     scheduler_per_epoch: bool = True,
     desc: str = "train",
-    progress: bool = True,
     validate: Optional[Callable[[], float]] = None,
     plateau: Optional[Plateau] = None,
 ) -> List[Dict[str, float]]:
-    """Run ``run_epoch(epoch, generator, progress)`` for the remaining epochs, checkpointing each.
+    """Run ``run_epoch(epoch, generator, bar)`` for the remaining epochs, checkpointing each.
 
     ``directory`` holds ``checkpoint.pt`` (the resumable state, see the module docstring) and
     ``log.csv``. The scheduler's state is checkpointed; it is stepped once per epoch here unless
@@ -207,7 +203,7 @@ def train_epochs(
     if state is not None:
         rows, start = list(state["log"]), int(state["epoch"])
         best = state.get("best")
-        if progress and start < epochs:
+        if start < epochs:
             log.info(f"{desc}: resuming from epoch {start}/{epochs} ({directory / CHECKPOINT})")
 
     def exhausted() -> bool:
@@ -218,7 +214,7 @@ def train_epochs(
         for m in modules.values():
             m.train()
         g = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
-        bar = Progress(steps_per_epoch, f"{desc} {epoch + 1}/{epochs}", progress)
+        bar = Progress(steps_per_epoch, f"{desc} {epoch + 1}/{epochs}")
         # modules that draw from the global RNG (dropout) get a per-epoch seed without leaking it
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "global", epoch))
@@ -256,9 +252,8 @@ def train_epochs(
             },
         )
         _write_log(log_path, rows)
-        if progress:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in rows[-1].items() if k != "epoch")
-            log.info(f"{desc} epoch {epoch}/{epochs}: {shown}")
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in rows[-1].items() if k != "epoch")
+        log.info(f"{desc} epoch {epoch}/{epochs}: {shown}")
     if plateau is not None and best is not None:
         for k, m in modules.items():
             m.load_state_dict(best["modules"][k])

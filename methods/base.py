@@ -54,14 +54,13 @@ class Requires:
 @dataclass
 class FitContext:
     """What ``fit`` may use: where to cache, the seed, the preset, a pool of training images
-    (normalised, for distractors), a key that identifies the dataset × classifier, progress."""
+    (normalised, for distractors), a key that identifies the dataset × classifier."""
 
     cache_dir: str
     seed: int = 0
     preset: str = "paper"
     key: Dict[str, Any] = field(default_factory=dict)
     distractors: Optional[torch.Tensor] = None
-    progress: bool = True
     #: held-out images for early stopping of learned explainers (the dataset's "val" split)
     val_data: Any = None
 

@@ -254,7 +254,6 @@ def main() -> None:
         preset="bench",
         seed=args.seed,
         val_data=val,
-        progress=True,
     )
     recipe = dict(batch_size=args.batch_size, masks_per_image=args.masks, lr=args.lr, freeze_backbone=False)
     methods = {

@@ -68,7 +68,7 @@ def main(argv=None):
     from xaibench.methods import FitContext, create_method
     from xaibench.models import load_model
 
-    adapter = load_model("xaibench_vit", cache_dir=args.cache_dir, progress=False)
+    adapter = load_model("xaibench_vit", cache_dir=args.cache_dir)
     test = load_dataset("synthetic", "test")
     train = load_dataset("synthetic", "train")
     samples = [test[i] for i in range(args.images)]

@@ -49,7 +49,7 @@ def main(argv=None):
     from xaibench.metrics.ranking import pixel_maps
     from xaibench.models import load_model
 
-    adapter = load_model("xaibench_vit", cache_dir=args.cache_dir, progress=False)
+    adapter = load_model("xaibench_vit", cache_dir=args.cache_dir)
     data = load_dataset("synthetic", "test")
     samples = [data[i] for i in range(args.images)]
     images = torch.stack([s.image for s in samples])

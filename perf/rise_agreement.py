@@ -69,7 +69,7 @@ def main(argv=None):
     from xaibench.models import load_model
     from xaibench.seeding import generator
 
-    adapter = load_model("xaibench_vit", cache_dir=args.cache_dir, progress=False)
+    adapter = load_model("xaibench_vit", cache_dir=args.cache_dir)
     data = load_dataset("synthetic", "test")
     samples = [data[i] for i in range(args.images)]
     x = adapter.normalize(torch.stack([s.image for s in samples]))

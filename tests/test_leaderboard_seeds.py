@@ -19,6 +19,8 @@ from xaibench.leaderboard import (
     load_run,
     pooled_mean_ci,
 )
+from xaibench.metrics import Metric
+from xaibench.registry import METRICS
 from xaibench.seeding import generator
 from xaibench.store import seal_run
 
@@ -136,33 +138,38 @@ def test_wilcoxon_uses_the_per_image_mean_over_seeds(tmp_path):
     )
 
 
-def test_dataset_level_states_per_seed(tmp_path, monkeypatch):
-    from xaibench.metrics import Metric
-    from xaibench.registry import METRICS
+class SumRatio(Metric):
+    """Σ hits / Σ totals over images (a dataset-level score)."""
 
-    class SumRatio(Metric):
-        """Σ hits / Σ totals over images (a dataset-level score)."""
+    name = "test_sum_ratio"
+    provides = ("test_sum_ratio",)
+    directions = {"test_sum_ratio": "up"}
+    dataset_level = True
 
-        name = "test_sum_ratio"
-        provides = ("test_sum_ratio",)
-        directions = {"test_sum_ratio": "up"}
-        dataset_level = True
+    def aggregate(self, name, states):
+        return float(100 * states[:, 0].sum() / states[:, 1].sum())
 
-        def aggregate(self, name, states):
-            return float(100 * states[:, 0].sum() / states[:, 1].sum())
 
+SUM_RATIO_CONFIG = {
+    "test_sum_ratio": {"provides": ["test_sum_ratio"], "directions": {"test_sum_ratio": "up"}},
+    "srg": {"provides": ["srg"], "directions": {"srg": "up"}},
+}
+
+
+def _register_sum_ratio(monkeypatch):
     METRICS.names()
     monkeypatch.setitem(METRICS._entries, "test_sum_ratio", SumRatio)
+
+
+def test_dataset_level_states_per_seed(tmp_path, monkeypatch):
+    _register_sum_ratio(monkeypatch)
     g = torch.Generator().manual_seed(3)
     totals = torch.randint(5, 20, (30,)).double()
     per_seed = {
         s: torch.stack([(totals * (0.2 + 0.3 * s) * torch.rand(30, generator=g)).round(), totals], 1)
         for s in range(3)
     }
-    cfg = {
-        "test_sum_ratio": {"provides": ["test_sum_ratio"], "directions": {"test_sum_ratio": "up"}},
-        "srg": {"provides": ["srg"], "directions": {"srg": "up"}},
-    }
+    cfg = SUM_RATIO_CONFIG
     d = make_run(
         tmp_path,
         "r",
@@ -215,3 +222,27 @@ def test_a_method_with_and_without_seeds_is_refused(tmp_path):
     seal_run(d)  # as if a run had written it so
     with pytest.raises(UserError, match="with and rows without a train_seed"):
         build_leaderboard(d)
+
+
+def test_one_training_seed_is_one_realisation_in_the_mean_rank(tmp_path, monkeypatch):
+    """A learned method trained with one seed: its scores and its dataset-level states carry that
+    seed, the mean rank counts one realisation, and no note claims pooled seeds; states without
+    the seed beside seeded scores are refused."""
+    from xaibench.exports import seed_notes
+
+    _register_sum_ratio(monkeypatch)
+    totals = torch.randint(5, 20, (N,), generator=torch.Generator().manual_seed(1)).double()
+    hits = (totals * torch.rand(N, generator=torch.Generator().manual_seed(2))).round()
+    methods = {"salvage": {"srg": {0: _images(1)}}, "rise": {"srg": _images(2)}}
+    rise = {"test_sum_ratio": torch.stack([(hits * 0.5).round(), totals], 1)}
+    states = {"salvage": {"test_sum_ratio": {0: torch.stack([hits, totals], 1)}}, "rise": rise}
+    table = build_leaderboard(
+        make_run(tmp_path, "r", methods, states=states, metrics_config=SUM_RATIO_CONFIG)
+    )
+    assert not seed_notes(table)
+    assert ((table.method == "salvage") & (table.metric == "mean_rank")).any()
+    assert set(table.loc[table.method == "salvage", "n_seeds"]) == {1}
+    states["salvage"] = {"test_sum_ratio": torch.stack([hits, totals], 1)}
+    bad = make_run(tmp_path, "bad", methods, states=states, metrics_config=SUM_RATIO_CONFIG)
+    with pytest.raises(UserError, match="trained with seeds or not"):
+        build_leaderboard(bad)

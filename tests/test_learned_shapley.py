@@ -47,9 +47,7 @@ def game_setup(tmp_path_factory):
     with torch.no_grad():
         adapter.model.head.weight.mul_(12.0)  # an untrained but far from flat game
     train = load_dataset("synthetic", "train", n_train=N, image_size=32)
-    ctx = FitContext(
-        cache_dir=str(tmp_path_factory.mktemp("exact")), preset="quick", progress=False, val_data=train
-    )
+    ctx = FitContext(cache_dir=str(tmp_path_factory.mktemp("exact")), preset="quick", val_data=train)
     saved = common.STOPPING["quick"], surrogate.RECIPES["quick"]
     common.STOPPING["quick"] = RULE
     surrogate.RECIPES["quick"] = surrogate.SurrogateRecipe(

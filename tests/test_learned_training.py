@@ -45,7 +45,7 @@ def four_patch_vit(seed: int = 0):
 
 
 def ctx_for(path, seed: int = 0, **kw) -> FitContext:
-    return FitContext(cache_dir=str(path), preset="quick", seed=seed, progress=False, **kw)
+    return FitContext(cache_dir=str(path), preset="quick", seed=seed, **kw)
 
 
 def _states(method):
@@ -183,7 +183,7 @@ def test_plateau_stops_after_patience_and_restores_the_best_weights(tmp_path):
         return next(script)
 
     rows = train_epochs(
-        tmp_path, {"m": m}, opt, 7, _counting_epoch(m, opt), 1, seed=0, progress=False,
+        tmp_path, {"m": m}, opt, 7, _counting_epoch(m, opt), 1, seed=0,
         validate=validate, plateau=Plateau(patience=3, min_rel_delta=1e-3),
     )  # fmt: skip
     # 3.999 is not 0.1 % better than 4.0: epochs 3, 4, 5 bring nothing, training stops after epoch 5
@@ -193,7 +193,7 @@ def test_plateau_stops_after_patience_and_restores_the_best_weights(tmp_path):
     assert torch.equal(m.w.detach(), snapshots[1])  # the weights validated after epoch 2
     # a second call finds the finished (patience-exhausted) checkpoint and trains no further
     again = train_epochs(
-        tmp_path, {"m": m}, opt, 7, _counting_epoch(m, opt), 1, seed=0, progress=False,
+        tmp_path, {"m": m}, opt, 7, _counting_epoch(m, opt), 1, seed=0,
         validate=validate, plateau=Plateau(patience=3, min_rel_delta=1e-3),
     )  # fmt: skip
     assert len(again) == 5 and torch.equal(m.w.detach(), snapshots[1])
@@ -202,7 +202,7 @@ def test_plateau_stops_after_patience_and_restores_the_best_weights(tmp_path):
 def _fresh_counter_run(directory, epochs):
     m = Counter()
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    train_epochs(directory, {"m": m}, opt, epochs, _counting_epoch(m, opt), 1, seed=3, progress=False)
+    train_epochs(directory, {"m": m}, opt, epochs, _counting_epoch(m, opt), 1, seed=3)
     return m.w.detach().clone()
 
 
@@ -227,7 +227,7 @@ def test_damaged_checkpoint_is_discarded_and_training_restarts(tmp_path, caplog,
         return _counting_epoch(m, opt)(epoch, g, bar)
 
     with caplog.at_level(logging.WARNING, logger="xaibench"):
-        rows = train_epochs(directory, {"m": m}, opt, 3, run, 1, seed=3, progress=False)
+        rows = train_epochs(directory, {"m": m}, opt, 3, run, 1, seed=3)
     assert seen == [0, 1, 2]  # restarted from the beginning, not from garbage
     assert len(rows) == 3 and torch.equal(m.w.detach(), reference)
     assert sum("checkpoint" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records) == 1
@@ -244,7 +244,7 @@ def test_intact_checkpoint_resumes(tmp_path):
         seen.append(epoch)
         return _counting_epoch(m, opt)(epoch, g, bar)
 
-    train_epochs(tmp_path / "run", {"m": m}, opt, 3, run, 1, seed=3, progress=False)
+    train_epochs(tmp_path / "run", {"m": m}, opt, 3, run, 1, seed=3)
     assert seen == [2] and torch.equal(m.w.detach(), reference)
 
 
@@ -359,7 +359,7 @@ def test_report_and_notes_record_the_training(tmp_path, tiny_rules, train16):
         assert s["val_loss"] <= s["initial_val_loss"] or s["best_step"] > 0
         assert s["validation"] == {"source": "train_holdout", "train_images": 15, "val_images": 1}
     (note,) = m.notes()
-    assert note.startswith("Salvage: explainer 4 steps (step cap") and "surrogate 4 steps" in note
+    assert note.startswith("explainer 4 steps (step cap") and "surrogate 4 steps" in note
 
 
 def _surrogate_worker(cache, barrier, queue):
@@ -384,9 +384,7 @@ def _surrogate_worker(cache, barrier, queue):
     train = load_dataset("synthetic", "train", n_train=16, image_size=32)
     barrier.wait()
     start = time.time()
-    sur, key, info = sg.fit_surrogate(
-        adapter, train, FitContext(cache_dir=cache, preset="quick", progress=False)
-    )
+    sur, key, info = sg.fit_surrogate(adapter, train, FitContext(cache_dir=cache, preset="quick"))
     from xaibench.io import weights_fingerprint
 
     queue.put((info["cached"], start, time.time(), messages, key, weights_fingerprint(sur.model)))

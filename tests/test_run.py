@@ -271,9 +271,9 @@ def test_classifier_training_is_reproducible(tmp_path):
 
     from xaibench.models import load_model
 
-    a = load_model("tiny_test_vit", cache_dir=str(tmp_path / "a"), progress=False)
-    b = load_model("tiny_test_vit", cache_dir=str(tmp_path / "b"), progress=False)
-    c = load_model("tiny_test_vit", cache_dir=str(tmp_path / "c"), progress=False, seed=1)
+    a = load_model("tiny_test_vit", cache_dir=str(tmp_path / "a"))
+    b = load_model("tiny_test_vit", cache_dir=str(tmp_path / "b"))
+    c = load_model("tiny_test_vit", cache_dir=str(tmp_path / "c"), seed=1)
     assert a.meta["weights_sha256"] == b.meta["weights_sha256"]
     assert a.meta["weights_sha256"] != c.meta["weights_sha256"]
 

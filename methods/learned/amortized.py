@@ -228,11 +228,11 @@ class AmortizedExplainer(AttributionMethod):
     def notes(self) -> List[str]:
         if not self.fit_info:
             return []
+        info = self.fit_info
         return [
-            f"{self.display_name()}: "
-            + training_line("explainer", self.fit_info["explainer"])
+            training_line("explainer", info["explainer"])
             + "; "
-            + training_line("surrogate", self.fit_info["surrogate"])
+            + training_line("surrogate", info["surrogate"])
         ]
 
 
@@ -304,7 +304,6 @@ def train_explainer(
         validate,
         seed=ctx.seed,
         desc=method.name,
-        progress=ctx.progress,
         schedule=recipe.schedule,
         clip=recipe.clip,
     )

@@ -239,7 +239,7 @@ class Comet(AttributionMethod):
     def notes(self) -> List[str]:
         if not self.fit_info:
             return []
-        return ["COMET: " + training_line("selector + predictor", self.fit_info["training"])]
+        return [training_line("selector + predictor", self.fit_info["training"])]
 
     def report(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"training": dict(self.fit_info)}
@@ -300,7 +300,6 @@ def train_comet(
         validate,
         seed=ctx.seed,
         desc="comet",
-        progress=ctx.progress,
         schedule="constant",
         clip=None,
     )

@@ -302,7 +302,6 @@ def train_to_plateau(
     *,
     seed: int,
     desc: str,
-    progress: bool,
     schedule: str = "cosine",
     clip: Optional[float] = None,
 ) -> dict:
@@ -347,7 +346,6 @@ def train_to_plateau(
         scheduler=scheduler,
         scheduler_per_epoch=False,
         desc=desc,
-        progress=progress,
         validate=validate,
         plateau=Plateau(rule.patience, rule.min_rel_delta),
     )

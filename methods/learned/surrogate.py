@@ -130,7 +130,6 @@ def fit_surrogate(
             validate,
             seed=ctx.seed,
             desc="surrogate",
-            progress=ctx.progress,
             schedule=recipe.schedule,
             clip=recipe.clip,
         )
