@@ -42,10 +42,9 @@ def torchrun(cache: Path, out: Path) -> subprocess.CompletedProcess:
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port of its own: no clash with a previous launch's socket
         "--nproc-per-node",
         "2",
-        "--master-port",
-        "29517",
     ]
     return run([*launcher, "-m", "xaibench", *xaibench_args(cache, out)])
 
