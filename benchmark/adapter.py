@@ -335,3 +335,22 @@ class ModelAdapter(ModelInternals, RemovalAccess):
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
         }
+
+
+def same_setting(adapter: ModelAdapter, model: nn.Module, name: str) -> ModelAdapter:
+    """A ModelAdapter around ``model`` (a copy or variant of ``adapter.model``) with ``adapter``'s
+    preprocessing, classes, removal grid, device and memory budget."""
+    out = ModelAdapter(
+        model,
+        mean=adapter.mean.flatten().tolist(),
+        std=adapter.std.flatten().tolist(),
+        input_size=adapter.input_size,
+        class_indices=None if adapter.class_indices is None else adapter.class_indices.tolist(),
+        patch_size=None if adapter.is_vit else adapter.patch_size[0],
+        device=adapter.device,
+        name=name,
+        memory_budget_mb=adapter.memory_budget_mb,
+        class_names=adapter.class_names,
+    )
+    out.budget.forward_rows = adapter.budget.forward_rows
+    return out

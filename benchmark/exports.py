@@ -171,10 +171,12 @@ def sanity_notes(table: pd.DataFrame) -> List[str]:
         "sample of the images; near 0 = the map depends on the learned weights. n/a: the method does not "
         "query the classifier when it explains (learned explainers, COMET, reference rows)."
     ]
-    for r in rows[(rows["metric"] == "rand_all") & (rows["mean"] >= BARELY_CHANGES)].itertuples():
+    what = {"rand_all": "every layer of the classifier is", "rand_top": "the classifier's last block is"}
+    for r in rows[rows["mean"] >= BARELY_CHANGES].sort_values("metric").itertuples():
         lines.append(
-            f"{r.method_label}: its maps barely change when every layer of the classifier is re-initialised "
-            f"(Spearman {r.mean:.2f} ≥ {BARELY_CHANGES}): they say little about what the classifier learned."
+            f"{r.method_label}: its maps barely change when {what[r.metric]} re-initialised (Spearman "
+            f"{r.mean:.2f} ≥ {BARELY_CHANGES}): they say little about what "
+            + ("the classifier learned." if r.metric == "rand_all" else "its last block learned.")
         )
     return lines
 

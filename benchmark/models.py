@@ -29,8 +29,8 @@ from .pretrained import is_timm_model, load_timm_model
 from .registry import DATASETS, MODELS
 from .removal import Removal
 from .seeding import derive_seed
-from .supervised import accuracy, supervised_epoch
-from .training import RESUMABLE, train_epochs
+from .supervised import accuracy, fit_classifier
+from .training import RESUMABLE
 
 log = logging.getLogger(__name__)
 
@@ -126,27 +126,12 @@ def train_classifier(recipe: ClassifierRecipe, directory: Path, device: torch.de
         opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps, pct_start=0.15
     )
 
-    def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
-        row = supervised_epoch(
-            adapter, train, batch_size=recipe.batch_size, g=g, opt=opt, sched=sched, removal=removal,
-            removal_fraction=recipe.removal_fraction, flip=recipe.flip, bar=bar,
-        )  # fmt: skip
-        model.eval()
-        return {**row, "val_acc": accuracy(adapter, val)}
-
     start = time.time()
-    train_epochs(
-        directory,
-        {"model": model},
-        opt,
-        recipe.epochs,
-        run_epoch,
-        steps,
-        seed=recipe.seed,
-        scheduler=sched,
-        scheduler_per_epoch=False,
-        desc=f"training {recipe.arch} classifier",
-    )
+    fit_classifier(
+        directory, adapter, train, val, opt=opt, sched=sched, epochs=recipe.epochs,
+        batch_size=recipe.batch_size, seed=recipe.seed, removal=removal,
+        removal_fraction=recipe.removal_fraction, flip=recipe.flip, desc=f"training {recipe.arch} classifier",
+    )  # fmt: skip
     test_acc = accuracy(adapter, test)
     meta = {
         "recipe": asdict(recipe),

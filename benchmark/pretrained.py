@@ -45,8 +45,8 @@ from .io import file_hash, load_torch, read_json, save_torch, stable_hash, weigh
 from .loading import decoded
 from .removal import Removal
 from .seeding import derive_seed
-from .supervised import accuracy, supervised_epoch
-from .training import RESUMABLE, train_epochs
+from .supervised import fit_classifier
+from .training import RESUMABLE
 
 logger = logging.getLogger(__name__)
 
@@ -272,30 +272,18 @@ def finetune_classifier(
         )
         removal = Removal("drop" if adapter.is_vit else "mean")
 
-        def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
-            if recipe.head_only:
-                model.eval()
-                head.train()
-            row = supervised_epoch(
-                adapter, images, batch_size=recipe.batch_size, g=g, opt=opt, sched=sched, removal=removal,
-                removal_fraction=recipe.removal_fraction, flip=True, bar=bar,
-            )  # fmt: skip
+        def head_only() -> None:
             model.eval()
-            return {**row, "val_acc": accuracy(adapter, val, recipe.batch_size)}
+            head.train()
 
         start = time.time()
-        epochs_log = train_epochs(
-            directory,
-            {"model": model},
-            opt,
-            recipe.epochs,
-            run_epoch,
-            steps,
-            seed=recipe.seed,
-            scheduler=sched,
-            scheduler_per_epoch=False,
+        epochs_log = fit_classifier(
+            directory, adapter, images, val, opt=opt, sched=sched, epochs=recipe.epochs,
+            batch_size=recipe.batch_size, seed=recipe.seed, removal=removal,
+            removal_fraction=recipe.removal_fraction, flip=True,
             desc=f"fine-tuning {recipe.model} on {recipe.dataset}",
-        )
+            before_epoch=head_only if recipe.head_only else None,
+        )  # fmt: skip
         meta = {
             "recipe": asdict(recipe),
             "classes": list(train.classes),

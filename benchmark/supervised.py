@@ -9,7 +9,8 @@ seeded generator (see :func:`xaibench.training.train_epochs`).
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from .adapter import ModelAdapter
 from .loading import load_batches
 from .removal import Removal
-from .training import batches
+from .training import batches, train_epochs
 
 
 def random_keep(n: int, num_patches: int, g: torch.Generator) -> torch.Tensor:
@@ -84,3 +85,30 @@ def accuracy(adapter: ModelAdapter, split, batch_size: int = 256) -> float:
             correct += int((adapter.logits(x).argmax(1) == y).sum())
             seen += len(samples)
     return correct / max(1, seen)
+
+
+def fit_classifier(
+    directory: Path, adapter: ModelAdapter, train, val, *, opt, sched, epochs: int, batch_size: int,
+    seed: int, removal: Removal, removal_fraction: float, flip: bool, desc: str,
+    before_epoch: Optional[Callable[[], None]] = None,
+) -> List[Dict[str, float]]:  # fmt: skip
+    """Train ``adapter.model`` on the in-memory split ``train`` for ``epochs`` (resumable, through
+    :func:`~xaibench.training.train_epochs`; the scheduler steps per batch), with the validation
+    accuracy on ``val`` after each epoch; ``before_epoch`` sets module modes (e.g. head only)."""
+    model = adapter.model
+
+    def run_epoch(epoch: int, g: torch.Generator, bar) -> Dict[str, float]:
+        if before_epoch is not None:
+            before_epoch()
+        row = supervised_epoch(
+            adapter, train, batch_size=batch_size, g=g, opt=opt, sched=sched, removal=removal,
+            removal_fraction=removal_fraction, flip=flip, bar=bar,
+        )  # fmt: skip
+        model.eval()
+        return {**row, "val_acc": accuracy(adapter, val, batch_size)}
+
+    steps = max(1, len(train) // batch_size)
+    return train_epochs(
+        directory, {"model": model}, opt, epochs, run_epoch, steps, seed=seed, scheduler=sched,
+        scheduler_per_epoch=False, desc=desc,
+    )  # fmt: skip

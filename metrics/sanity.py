@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from xaibench.adapter import ModelAdapter
+from xaibench.adapter import same_setting
 from xaibench.cost import FREE
 from xaibench.params import check
 from xaibench.seeding import derive_seed
@@ -55,17 +55,7 @@ def top_modules(adapter) -> List[torch.nn.Module]:
 def randomised(adapter, stage: str, seed: int):
     """A copy of ``adapter`` whose ``stage`` ("top" or "all") layers are re-initialised."""
     model = copy.deepcopy(adapter.model)
-    twin = ModelAdapter(
-        model,
-        mean=adapter.mean.flatten().tolist(),
-        std=adapter.std.flatten().tolist(),
-        input_size=adapter.input_size,
-        class_indices=None if adapter.class_indices is None else adapter.class_indices.tolist(),
-        patch_size=None if adapter.is_vit else adapter.patch_size[0],
-        device=adapter.device,
-        name=f"{adapter.name} ({stage} randomised)",
-        memory_budget_mb=adapter.memory_budget_mb,
-    )
+    twin = same_setting(adapter, model, f"{adapter.name} ({stage} randomised)")
     originals = {id(mod): i for i, mod in enumerate(adapter.model.modules())}
     copies = list(model.modules())
     chosen = top_modules(adapter) if stage == "top" else list(adapter.model.modules())

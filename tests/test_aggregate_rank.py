@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_leaderboard import _row, make_run
+from test_leaderboard import SumRatio, _row, make_run, register_sum_ratio
 
 from xaibench.errors import UserError
 from xaibench.leaderboard import AGGREGATE, bootstrap_indices, build_leaderboard, leaderboard, mean_ranks
@@ -155,22 +155,7 @@ def test_ci_contains_the_point_estimate_and_the_table_is_reproducible(tmp_path):
 def test_joint_bootstrap_by_brute_force_with_a_dataset_level_score(tmp_path, monkeypatch):
     """Each replicate draws one set of images for every method and score; the dataset-level
     score is recomputed through ``aggregate`` on the drawn images' state rows."""
-    from xaibench.metrics import Metric
-    from xaibench.registry import METRICS
-
-    class SumRatio(Metric):
-        """Σ hits / Σ totals over images (a dataset-level score)."""
-
-        name = "test_sum_ratio"
-        provides = ("test_sum_ratio",)
-        directions = {"test_sum_ratio": "up"}
-        dataset_level = True
-
-        def aggregate(self, name, states):
-            return float(100 * states[:, 0].sum() / states[:, 1].sum())
-
-    METRICS.names()
-    monkeypatch.setitem(METRICS._entries, "test_sum_ratio", SumRatio)
+    register_sum_ratio(monkeypatch)
     n = 25
     rng = np.random.default_rng(5)
     g = torch.Generator().manual_seed(0)

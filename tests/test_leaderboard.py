@@ -28,6 +28,8 @@ from xaibench.leaderboard import (
     load_run,
     merge_runs,
 )
+from xaibench.metrics import Metric
+from xaibench.registry import METRICS
 from xaibench.seeding import generator
 from xaibench.store import seal_run
 
@@ -172,23 +174,25 @@ def test_bootstrap_is_seeded(tmp_path):
     assert t1["ci_low"].iloc[0] != t3["ci_low"].iloc[0]
 
 
-def test_dataset_level_metric_bootstraps_states_through_aggregate(tmp_path, monkeypatch):
-    from xaibench.metrics import Metric
-    from xaibench.registry import METRICS
+class SumRatio(Metric):
+    """Σ hits / Σ totals over images (a dataset-level score), registered by tests that need it."""
 
-    class SumRatio(Metric):
-        """Σ hits / Σ totals over images (a dataset-level score)."""
+    name = "test_sum_ratio"
+    provides = ("test_sum_ratio",)
+    directions = {"test_sum_ratio": "up"}
+    dataset_level = True
 
-        name = "test_sum_ratio"
-        provides = ("test_sum_ratio",)
-        directions = {"test_sum_ratio": "up"}
-        dataset_level = True
+    def aggregate(self, name, states):
+        return float(100 * states[:, 0].sum() / states[:, 1].sum())
 
-        def aggregate(self, name, states):
-            return float(100 * states[:, 0].sum() / states[:, 1].sum())
 
+def register_sum_ratio(monkeypatch):
     METRICS.names()  # built-ins loaded before the temporary entry
     monkeypatch.setitem(METRICS._entries, "test_sum_ratio", SumRatio)
+
+
+def test_dataset_level_metric_bootstraps_states_through_aggregate(tmp_path, monkeypatch):
+    register_sum_ratio(monkeypatch)
     g = torch.Generator().manual_seed(3)
     totals = torch.randint(5, 20, (40,)).double()
     hits = (totals * torch.rand(40, generator=g)).round()
@@ -347,3 +351,29 @@ def tiny_context(n: int):
     adapter = make_tiny_vit()
     adapter.meta = {"source": "test"}
     return RunContext(data, adapter, Removal("drop"), list(range(n)))
+
+
+def test_maps_that_barely_change_under_randomisation_are_flagged():
+    """Adebayo et al. 2018: a map that stays the same when the classifier's weights are
+    re-initialised is flagged, for the last block and for the whole cascade, each with its value."""
+    from xaibench.exports import sanity_notes
+
+    table = pd.DataFrame(
+        [
+            ("EigenCAM", "rand_top", 0.99),
+            ("EigenCAM", "rand_all", 0.65),
+            ("Saliency", "rand_top", 0.10),
+            ("Saliency", "rand_all", 0.05),
+            ("Edge detector", "rand_top", 0.97),
+            ("Edge detector", "rand_all", 0.95),
+        ],
+        columns=["method_label", "metric", "mean"],
+    )
+    lines = sanity_notes(table)
+    flagged = [line for line in lines[1:]]
+    assert len(flagged) == 3 and not any("Saliency" in line for line in flagged)
+    assert any(line.startswith("EigenCAM") and "last block" in line and "0.99" in line for line in flagged)
+    assert any(
+        line.startswith("Edge detector") and "every layer" in line and "0.95" in line for line in flagged
+    )
+    assert not any(line.startswith("EigenCAM") and "every layer" in line for line in flagged)

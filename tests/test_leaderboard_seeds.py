@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats
-from test_leaderboard import _row, make_run
+from test_leaderboard import SumRatio, _row, make_run, register_sum_ratio
 
 from xaibench.errors import UserError
 from xaibench.leaderboard import (
@@ -19,8 +19,6 @@ from xaibench.leaderboard import (
     load_run,
     pooled_mean_ci,
 )
-from xaibench.metrics import Metric
-from xaibench.registry import METRICS
 from xaibench.seeding import generator
 from xaibench.store import seal_run
 
@@ -138,31 +136,14 @@ def test_wilcoxon_uses_the_per_image_mean_over_seeds(tmp_path):
     )
 
 
-class SumRatio(Metric):
-    """Σ hits / Σ totals over images (a dataset-level score)."""
-
-    name = "test_sum_ratio"
-    provides = ("test_sum_ratio",)
-    directions = {"test_sum_ratio": "up"}
-    dataset_level = True
-
-    def aggregate(self, name, states):
-        return float(100 * states[:, 0].sum() / states[:, 1].sum())
-
-
 SUM_RATIO_CONFIG = {
     "test_sum_ratio": {"provides": ["test_sum_ratio"], "directions": {"test_sum_ratio": "up"}},
     "srg": {"provides": ["srg"], "directions": {"srg": "up"}},
 }
 
 
-def _register_sum_ratio(monkeypatch):
-    METRICS.names()
-    monkeypatch.setitem(METRICS._entries, "test_sum_ratio", SumRatio)
-
-
 def test_dataset_level_states_per_seed(tmp_path, monkeypatch):
-    _register_sum_ratio(monkeypatch)
+    register_sum_ratio(monkeypatch)
     g = torch.Generator().manual_seed(3)
     totals = torch.randint(5, 20, (30,)).double()
     per_seed = {
@@ -230,7 +211,7 @@ def test_one_training_seed_is_one_realisation_in_the_mean_rank(tmp_path, monkeyp
     the seed beside seeded scores are refused."""
     from xaibench.exports import seed_notes
 
-    _register_sum_ratio(monkeypatch)
+    register_sum_ratio(monkeypatch)
     totals = torch.randint(5, 20, (N,), generator=torch.Generator().manual_seed(1)).double()
     hits = (totals * torch.rand(N, generator=torch.Generator().manual_seed(2))).round()
     methods = {"salvage": {"srg": {0: _images(1)}}, "rise": {"srg": _images(2)}}

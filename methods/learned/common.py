@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 import torch.nn as nn
 
-from xaibench.adapter import ModelAdapter
+from xaibench.adapter import ModelAdapter, same_setting
 from xaibench.io import load_torch, read_json, save_torch, stable_hash, weights_fingerprint, write_json
 from xaibench.seeding import derive_seed, generator
 from xaibench.training import RESUMABLE, Plateau, discard_checkpoint, train_epochs
@@ -226,20 +226,7 @@ def clone_adapter(adapter: ModelAdapter, model: Optional[nn.Module] = None, name
     """A ModelAdapter with the classifier's preprocessing and memory budget around ``model``
     (default: a deep copy of the classifier)."""
     model = copy.deepcopy(adapter.model) if model is None else model
-    out = ModelAdapter(
-        model,
-        mean=adapter.mean.flatten().tolist(),
-        std=adapter.std.flatten().tolist(),
-        input_size=adapter.input_size,
-        class_indices=None if adapter.class_indices is None else adapter.class_indices.tolist(),
-        patch_size=None if adapter.is_vit else adapter.patch_size[0],
-        device=adapter.device,
-        name=name or adapter.name,
-        memory_budget_mb=adapter.memory_budget_mb,
-        class_names=adapter.class_names,
-    )
-    out.budget.forward_rows = adapter.budget.forward_rows
-    return out
+    return same_setting(adapter, model, name or adapter.name)
 
 
 def in_chunks(fn: Callable[..., torch.Tensor], rows: int, *tensors: torch.Tensor) -> torch.Tensor:
