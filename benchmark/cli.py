@@ -98,7 +98,10 @@ def _add_run_parser(sub, parents) -> None:
     p.add_argument("--methods", default="all", help="'all', or a comma list; wildcards allowed ('*cam*')")
     _add_scoring_options(p)
     p.add_argument(
-        "--train-seeds", type=int, default=1, help="training seeds of each learned method (pooled)"
+        "--train-seeds",
+        type=int,
+        default=None,
+        help="training seeds of each learned method, pooled (default: 3 on the embedded default, else 1)",
     )
     p.add_argument("--save-maps", action="store_true", help="keep every method's maps (maps/<method>.npz)")
     p.add_argument("--dry-run", action="store_true", help="print what the run would cost, and stop")
