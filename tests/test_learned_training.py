@@ -19,6 +19,7 @@ from xaibench.methods.learned import common, surrogate
 from xaibench.methods.learned.amortized import ExplainerParams, ExplainerRecipe
 from xaibench.methods.learned.common import StoppingRule, cache_key, holdout
 from xaibench.methods.learned.salvage import js_divergence
+from xaibench.params import PRESETS
 from xaibench.training import Plateau, train_epochs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -586,3 +587,20 @@ def test_schedule_warms_up_then_decays_or_stays_constant():
     flat = rates(dataclasses.replace(rule, decay=False), "cosine")
     assert flat[:10] == cos[:10] and all(r == 1.0 for r in flat[10:])
     assert all(r == 1.0 for r in rates(rule, "constant"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_run_preset_has_a_training_budget(preset):
+    """``fast`` (the default on real datasets) trains like ``paper``; every preset gives a stopping
+    rule and a training cost, more for the paper's budget than for the quick one."""
+    from xaibench.cost import Shape
+
+    shape = Shape(num_patches=196, prefix_tokens=1, is_vit=True)
+    assert (
+        common.stopping_rule(FitContext(cache_dir="unused", preset=preset))
+        is common.STOPPING["quick" if preset == "quick" else "paper"]
+    )
+    for name in ("vit_shapley", "salvage", "comet"):
+        cost = create_method(name, preset=preset).fit_cost(shape, 1000).equivalent
+        quick = create_method(name, preset="quick").fit_cost(shape, 1000).equivalent
+        assert cost > 0 and (cost == quick if preset == "quick" else cost > 10 * quick), name

@@ -36,6 +36,7 @@ from .common import (
     stopping_rule,
     train_cached,
     train_to_plateau,
+    training_budget,
     training_line,
 )
 from .explainer import PatchExplainer
@@ -153,7 +154,7 @@ class AmortizedExplainer(AttributionMethod):
         return Cost(1 + shape.kept(shape.num_patches) + shape.kept(0))
 
     def fit_cost(self, shape: Shape, n_train: int) -> Cost:
-        rule = STOPPING[self.preset]
+        rule = STOPPING[training_budget(self.preset)]
         return explainer_fit_cost(self.params, rule, shape) + surrogate_fit_cost(self.preset, shape)
 
     # ---- shared machinery

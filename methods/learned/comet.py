@@ -48,6 +48,7 @@ from .common import (
     stopping_rule,
     train_cached,
     train_to_plateau,
+    training_budget,
     training_line,
 )
 
@@ -156,7 +157,7 @@ class Comet(AttributionMethod):
     def fit_cost(self, shape: Shape, n_train: int) -> Cost:
         """At the step cap (an upper bound): per image, predictor and detector forward and backward
         (the detector's gradient reaches the selector); validation: both forwards."""
-        rule = STOPPING[self.preset]
+        rule = STOPPING[training_budget(self.preset)]
         training = rule.max_steps * self.params.batch_size * (2 * FORWARD_BACKWARD)
         return training + rule.rounds * rule.val_images * Cost(2.0)
 

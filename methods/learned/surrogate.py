@@ -32,6 +32,7 @@ from .common import (
     stopping_rule,
     train_cached,
     train_to_plateau,
+    training_budget,
 )
 from .sampling import uniform_size_masks
 
@@ -68,7 +69,7 @@ def surrogate_fit_cost(preset: str, shape: Shape) -> Cost:
     """Forward-equivalents of training the surrogate at the step cap (an upper bound): per image,
     the classifier's clean forward and the surrogate's masked forwards and backwards (sizes
     uniform, so half the patches kept on average); validation rounds added."""
-    recipe, rule = RECIPES[preset], STOPPING[preset]
+    recipe, rule = RECIPES[training_budget(preset)], STOPPING[training_budget(preset)]
     half = shape.kept(shape.num_patches / 2)
     per_image = Cost(1 + recipe.masks_per_image * half, recipe.masks_per_image * half)
     validation = rule.rounds * rule.val_images * Cost(rule.val_masks * half)
@@ -79,7 +80,7 @@ def fit_surrogate(
     adapter: ModelAdapter, train_split, ctx, recipe: SurrogateRecipe | None = None
 ) -> Tuple[ModelAdapter, str, dict]:
     """The surrogate of ``adapter`` (trained, or loaded from the cache): (adapter, cache key, summary)."""
-    recipe = recipe or RECIPES[ctx.preset]
+    recipe = recipe or RECIPES[training_budget(ctx.preset)]
     rule = stopping_rule(ctx)
     hold = holdout(train_split, ctx, rule)
     key = cache_key(
