@@ -88,7 +88,7 @@ def test_a_killed_rank_resumes_its_own_shards(single, tmp_path):
         f.unlink()
     (d / "manifest.json").unlink()
     done = torchrun(cache, out)
-    assert done.returncode == 0, done.stderr[-8000:]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-8000:]
     assert (shard / "manifest.json").exists()
     assert (d / "parts" / "random" / "shard-0-of-2" / "scores.csv").stat().st_mtime_ns == kept
     assert (d / "scores.csv").read_bytes() == (single / "scores.csv").read_bytes()
