@@ -219,14 +219,7 @@ def test_damaged_checkpoint_is_discarded_and_training_restarts(tmp_path, caplog,
         ckpt.write_bytes(ckpt.read_bytes()[:-10])
     else:
         (directory / "checkpoint.json").unlink()
-    m = Counter()
-    opt = torch.optim.SGD(m.parameters(), lr=1.0)
-    seen = []
-
-    def run(epoch, g, bar):
-        seen.append(epoch)
-        return _counting_epoch(m, opt)(epoch, g, bar)
-
+    m, opt, seen, run = _recording_counter()
     with caplog.at_level(logging.WARNING, logger="xaibench"):
         rows = train_epochs(directory, {"m": m}, opt, 3, run, 1, seed=3)
     assert seen == [0, 1, 2]  # restarted from the beginning, not from garbage
@@ -234,9 +227,8 @@ def test_damaged_checkpoint_is_discarded_and_training_restarts(tmp_path, caplog,
     assert sum("checkpoint" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_intact_checkpoint_resumes(tmp_path):
-    reference = _fresh_counter_run(tmp_path / "ref", 3)
-    _fresh_counter_run(tmp_path / "run", 2)
+def _recording_counter():
+    """A fresh Counter, its optimiser, and an epoch function that records which epochs ran."""
     m = Counter()
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
     seen = []
@@ -245,6 +237,13 @@ def test_intact_checkpoint_resumes(tmp_path):
         seen.append(epoch)
         return _counting_epoch(m, opt)(epoch, g, bar)
 
+    return m, opt, seen, run
+
+
+def test_intact_checkpoint_resumes(tmp_path):
+    reference = _fresh_counter_run(tmp_path / "ref", 3)
+    _fresh_counter_run(tmp_path / "run", 2)
+    m, opt, seen, run = _recording_counter()
     train_epochs(tmp_path / "run", {"m": m}, opt, 3, run, 1, seed=3)
     assert seen == [2] and torch.equal(m.w.detach(), reference)
 
