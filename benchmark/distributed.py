@@ -17,7 +17,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import torch
 
@@ -108,3 +108,44 @@ def setup(device: str, threads: Optional[int] = None) -> tuple[Dist, str]:
     dist.initialised = True
     log.info(f"rank {dist.rank} of {dist.world} on {device} with {torch.get_num_threads()} threads")
     return dist, device
+
+
+def rank_batches(n_images: int, batch_size: int, rank: int, world: int) -> List[int]:
+    """The batch numbers rank ``rank`` scores: batch b goes to rank b mod ``world``. The batch is
+    the unit of sharding because a batch's images are explained together (the run's scores may
+    depend on the batch size at float rounding, so the batches are those of one process)."""
+    return list(range(rank, -(-n_images // batch_size), world))
+
+
+def sharding_advice(n_images: int, batch_size: int, world: int) -> Optional[str]:
+    """One line when the busiest rank scores over a quarter more images than it would with the
+    images dealt out one by one (the run takes as long as that rank), with a batch size that
+    spreads them evenly."""
+    if world < 2 or n_images == 0:
+        return None
+
+    def images(b: int) -> List[int]:
+        sizes = [min(b, n_images - s) for s in range(0, n_images, b)]
+        return [sum(sizes[r::world]) for r in range(world)]
+
+    counts = images(batch_size)
+    if max(counts) <= 1.25 * -(-n_images // world):
+        return None
+    per_rank = -(-n_images // (world * batch_size))  # batches per rank at the suggested size
+    better = -(-n_images // (world * per_rank))
+    return (
+        f"{n_images} images in batches of {batch_size} give the {world} ranks {counts} images: "
+        f"the run lasts as long as the busiest rank; --batch-size {better} gives them {images(better)}"
+    )
+
+
+def rank_order(parts: Sequence[T], trained: Callable[[T], bool], rank: int, world: int) -> List[T]:
+    """The order in which rank ``rank`` goes through ``parts``: under torchrun the parts that
+    train an explainer come first, each rank starting at another one, so that the ranks train
+    different explainers at once (each is trained by the first rank to reach it, under a lock;
+    the others load it) instead of all waiting on the same one; a single process keeps ``parts``."""
+    if world < 2:
+        return list(parts)
+    first = [p for p in parts if trained(p)]
+    k = rank % len(first) if first else 0
+    return first[k:] + first[:k] + [p for p in parts if not trained(p)]

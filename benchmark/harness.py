@@ -26,8 +26,9 @@ from xaibench.methods import FitContext
 from xaibench.metrics import EvalContext
 
 from . import __version__, estimate
-from .context import RunContext, load_context, n_batches
+from .context import RunContext, load_context
 from .cost import Shape
+from .distributed import rank_batches, rank_order, sharding_advice
 from .distributed import setup as setup_distributed
 from .errors import UserError
 from .exports import write_leaderboards
@@ -118,6 +119,10 @@ def parts_of(spec: RunSpec, method) -> List[tuple]:
         )
         for s in seeds
     ]
+
+
+def _trains(part: tuple) -> bool:
+    return part[0].requires.training
 
 
 def _score_part(store: RunStore, spec, ctx, method, metrics, eval_ctx, part: str, seed, numbers) -> None:
@@ -224,9 +229,12 @@ def execute(config: RunConfig, context: Optional[RunContext] = None, methods=Non
             record = _Record(spec, ctx, identity, methods, metrics, metric_status, run_id)
             if dist.main:
                 store.write_config(record.document("running"))
-            numbers = list(range(dist.rank, n_batches(ctx, spec.batch_size), dist.world))
+            numbers = rank_batches(len(ctx.indices), spec.batch_size, dist.rank, dist.world)
+            advice = sharding_advice(len(ctx.indices), spec.batch_size, dist.world) if dist.main else None
+            if advice:
+                log.warning(advice)
             parts = [(m, *p) for m in methods for p in parts_of(spec, m)]
-            for method, part, seed, instance in parts:
+            for method, part, seed, instance in rank_order(parts, _trains, dist.rank, dist.world):
                 if method.applies_to(ctx.adapter, ctx.data.has_masks) is None:
                     _score_part(store, spec, ctx, instance, active, eval_ctx, part, seed, numbers)
                 else:

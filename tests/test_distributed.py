@@ -92,3 +92,35 @@ def test_a_killed_rank_resumes_its_own_shards(single, tmp_path):
     assert (shard / "manifest.json").exists()
     assert (d / "parts" / "random" / "shard-0-of-2" / "scores.csv").stat().st_mtime_ns == kept
     assert (d / "scores.csv").read_bytes() == (single / "scores.csv").read_bytes()
+
+
+def test_uneven_shards_get_a_batch_size_that_evens_them():
+    from xaibench.distributed import rank_batches, sharding_advice
+
+    assert [rank_batches(40, 32, r, 2) for r in (0, 1)] == [[0], [1]]
+    assert sharding_advice(40, 32, 1) is None
+    assert sharding_advice(11, 3, 2) is None  # 6 and 5 images
+    advice = sharding_advice(40, 32, 2)
+    assert "[32, 8]" in advice and "--batch-size 20 gives them [20, 20]" in advice
+    advice = sharding_advice(100, 32, 8)  # the headline's default subset on one 8-GPU node
+    assert "[32, 32, 32, 4, 0, 0, 0, 0]" in advice and "--batch-size 13" in advice
+    for n, b, world in ((40, 32, 2), (100, 32, 8), (7, 5, 3), (1000, 300, 6)):
+        suggested = int(sharding_advice(n, b, world).split("--batch-size ")[1].split()[0])
+        assert suggested <= b and sharding_advice(n, suggested, world) is None
+
+
+def test_ranks_start_training_different_explainers():
+    from xaibench.distributed import rank_order
+
+    parts = ["saliency", "vit_shapley.seed0", "rise", "salvage.seed0", "comet.seed0"]
+    trained = lambda p: ".seed" in p  # noqa: E731
+    assert rank_order(parts, trained, 0, 1) == parts  # one process: the registry's order
+    orders = [rank_order(parts, trained, r, 4) for r in range(4)]
+    assert [o[0] for o in orders] == [
+        "vit_shapley.seed0",
+        "salvage.seed0",
+        "comet.seed0",
+        "vit_shapley.seed0",
+    ]
+    assert all(sorted(o) == sorted(parts) and o[3:] == ["saliency", "rise"] for o in orders)
+    assert rank_order(["saliency", "rise"], trained, 1, 2) == ["saliency", "rise"]
