@@ -25,8 +25,13 @@ predicted class, softmax probabilities.
 
 The masks differ (deletion vs insertion) but the number and size of the forwards are the same
 for ``mean``; each side does everything it needs (ranking, masks, host and device copies, the
-model). Prints images/s of each and the ratios at each thread count
-(median of ``--repeats``, configurations interleaved within a repetition) and writes JSON.
+model). Two more rows put the ratios in context: ``plain forward``, the model alone on the same
+mean-filled inputs prepared before the clock (batches of the pass size and of all images; the
+faster one), is the ceiling of any tool that makes these forwards in float32, so ``mean`` cannot
+beat Quantus by more than plain / Quantus; and xaibench with ``--amp bf16`` (the metrics'
+forwards under bfloat16 autocast; its effect on the scores is in perf/engine_numerics.result.json).
+Prints images/s of each and the ratios at each thread count (median of ``--repeats``,
+configurations interleaved within a repetition) and writes JSON.
 """
 
 from __future__ import annotations
@@ -73,14 +78,35 @@ def data(adapter, n):
     return batch, Attribution(patch_maps, "patch")
 
 
-def run_xaibench(adapter, batch, attr, strategy) -> float:
+def run_xaibench(adapter, batch, attr, strategy, amp=None) -> float:
     from xaibench.metrics import EvalContext, create_metric
     from xaibench.removal import Removal
 
     t = time.perf_counter()
-    ctx = EvalContext(adapter, Removal(strategy), seed=0)
+    ctx = EvalContext(adapter, Removal(strategy), seed=0, amp=amp)
     create_metric("srg").compute(ctx, batch, attr)
     return time.perf_counter() - t
+
+
+def filled_inputs(adapter, batch, attr) -> torch.Tensor:
+    """The work's mean-filled inputs (MIF/LIF keep masks of every image), built before any clock."""
+    from xaibench.metrics.ranking import keep_first, ranked_order
+
+    ks = torch.arange(1, adapter.num_patches + 1)
+    scores = attr.patch_scores(adapter.grid)
+    keep = torch.cat([keep_first(ranked_order(scores, batch.ids, 0, most), ks) for most in (True, False)], 1)
+    pixels = adapter.patch_keep_to_pixels(keep.flatten(0, 1))
+    return batch.x.repeat_interleave(keep.shape[1], 0) * pixels[:, None]
+
+
+def run_plain(adapter, inputs, size) -> float:
+    """Seconds of the model alone on ``inputs`` in batches of ``size`` (softmax included): what a
+    tool that did nothing but the forwards would take."""
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for s in range(0, len(inputs), size):
+            adapter.logits(inputs[s : s + size]).float().softmax(-1)
+        return time.perf_counter() - t
 
 
 def run_quantus(quantus, adapter, batch, attr) -> float:
@@ -131,6 +157,7 @@ def main():
     logging.getLogger().setLevel(logging.ERROR)
     adapter = build(args.trained)
     batch, attr = data(adapter, args.images)
+    inputs = filled_inputs(adapter, batch, attr)
     n = args.images
     result = {
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
@@ -149,6 +176,10 @@ def main():
             "quantus": lambda: run_quantus(quantus, adapter, batch, attr),
             "xaibench mean": lambda: run_xaibench(adapter, batch, attr, "mean"),
             "xaibench drop": lambda: run_xaibench(adapter, batch, attr, "drop"),
+            "xaibench mean bf16": lambda: run_xaibench(adapter, batch, attr, "mean", "bf16"),
+            "xaibench drop bf16": lambda: run_xaibench(adapter, batch, attr, "drop", "bf16"),
+            f"plain forward @{chunk}": lambda: run_plain(adapter, inputs, chunk),
+            f"plain forward @{n}": lambda: run_plain(adapter, inputs, n),
         }
         for run in runs.values():  # warm-up
             run()
@@ -157,18 +188,25 @@ def main():
             for k, run in runs.items():
                 samples[k].append(n / run())
         med = {k: statistics.median(v) for k, v in samples.items()}
+        plain = max(med[f"plain forward @{chunk}"], med[f"plain forward @{n}"])
+        q = med["quantus"]
         entry = {
             "pass_size": chunk,
             "images_per_second": {k: round(v, 3) for k, v in med.items()},
             "samples": {k: [round(s, 3) for s in v] for k, v in samples.items()},
-            "drop_over_quantus": round(med["xaibench drop"] / med["quantus"], 2),
-            "mean_over_quantus": round(med["xaibench mean"] / med["quantus"], 2),
+            "drop_over_quantus": round(med["xaibench drop"] / q, 2),
+            "mean_over_quantus": round(med["xaibench mean"] / q, 2),
+            "drop_bf16_over_quantus": round(med["xaibench drop bf16"] / q, 2),
+            "mean_bf16_over_quantus": round(med["xaibench mean bf16"] / q, 2),
+            "quantus_over_plain_forward": round(q / plain, 2),
         }
         result["threads"][str(threads)] = entry
         lines.append(
-            f"| {threads} | {med['quantus']:.2f} | {med['xaibench mean']:.2f} "
-            f"| {entry['mean_over_quantus']:.2f} | {med['xaibench drop']:.2f} "
-            f"| {entry['drop_over_quantus']:.2f} | {chunk} |"
+            f"| {threads} | {q:.2f} | {plain:.2f} ({entry['quantus_over_plain_forward']:.2f}) "
+            f"| {med['xaibench mean']:.2f} ({entry['mean_over_quantus']:.2f}) "
+            f"| {med['xaibench drop']:.2f} ({entry['drop_over_quantus']:.2f}) "
+            f"| {med['xaibench mean bf16']:.2f} ({entry['mean_bf16_over_quantus']:.2f}) "
+            f"| {med['xaibench drop bf16']:.2f} ({entry['drop_bf16_over_quantus']:.2f}) | {chunk} |"
         )
         print(json.dumps({threads: entry["images_per_second"]}), flush=True)
     result["load_average_after"] = os.getloadavg()
@@ -177,8 +215,11 @@ def main():
         f"{args.repeats}; load average {result['load_average_before'][0]:.1f} → "
         f"{result['load_average_after'][0]:.1f}\n"
     )
-    print("| threads | Quantus | xaibench mean | ratio (≥1.3) | xaibench drop | ratio (≥3) | pass size |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| threads | Quantus | plain forward (Quantus/it) | xaibench mean (/Quantus, ≥1.3) "
+        "| xaibench drop (/Quantus, ≥3) | mean, bf16 | drop, bf16 | pass size |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
