@@ -28,6 +28,11 @@ max and their sum unchanged. The result equals one-at-a-time dropping up to floa
 ``masked_logits`` (training) keeps per-cardinality passes without padding, so training is
 unchanged.
 
+Filling on ViTs. A boolean patch mask with a filling strategy (``mean``, ``blur``,
+``distractor``) is applied to the embedded tokens: the clean images and their fills are embedded
+once per call, and each masked input takes, patch by patch, the clean or the filled token
+(:func:`composes_tokens` says when that equals embedding the composed pixels).
+
 Pass-size invariance. Calibration may choose another pass size on another run, so a row's
 result should not depend on the pass it lands in. A row's padded length depends only on its
 own count, and every pass holds at least ``MIN_PASS_ROWS`` inputs (a short last pass joins
@@ -308,14 +313,22 @@ def filled_probs(
     total = B * M * D
     step = a.budget.rows()
     min_rows = min(MIN_PASS_ROWS, step)
+    tokens = patch and keep.dtype == torch.bool and composes_tokens(a)
+    if tokens:  # embed the clean and filled images once and compose their tokens
+        pre = a.num_prefix_tokens
+        clean, filled = a.vit_embed(x), a.vit_embed(fill.flatten(0, 1))[:, pre:]
     parts: List[torch.Tensor] = []
     for s, e in row_passes(total, step, min_rows):
         idx = pad_rows(torch.arange(s, e, device=x.device), min_rows)
         b, m, d = idx // (M * D), (idx // D) % M, idx % D
         k = keep[b, m]
-        if patch:
-            k = a.patch_keep_to_pixels(k)
-        p = a.logits(Removal.compose(x[b], k, fill[b, d]))[: e - s].float().softmax(-1)
+        if tokens:
+            body = torch.where(k[:, :, None], clean[b, pre:], filled[b * D + d])
+            logits = a.vit_from_tokens(torch.cat([clean[b, :pre], body], dim=1))
+        else:
+            k = a.patch_keep_to_pixels(k) if patch else k
+            logits = a.logits(Removal.compose(x[b], k, fill[b, d]))
+        p = logits[: e - s].float().softmax(-1)
         if target is not None:
             p = p.gather(1, target[b[: e - s], None])[:, 0]
         parts.append(p)
@@ -324,6 +337,22 @@ def filled_probs(
     out = torch.cat(parts)
     out = out.view(B, M, D) if target is not None else out.view(B, M, D, -1)
     return out.mean(2)
+
+
+def composes_tokens(adapter) -> bool:
+    """Whether a patch mask can be applied to a ViT's embedded tokens instead of its pixels: the
+    patch embedding sees each patch alone (a convolution whose kernel is its stride, no padding),
+    so the token of a patch of the composed image is the clean or the filled image's token of
+    that patch. The result is the pixel path's (bitwise on CPU in the tests) without embedding
+    every masked input (5–7 % of a tiny ViT's pass on CPU)."""
+    embed = getattr(adapter.model, "patch_embed", None) if adapter.is_vit else None
+    proj = getattr(embed, "proj", None)
+    return (
+        isinstance(proj, torch.nn.Conv2d)
+        and tuple(proj.kernel_size) == tuple(proj.stride)
+        and tuple(proj.padding) == (0, 0)
+        and not getattr(embed, "dynamic_img_pad", False)
+    )
 
 
 def pad_rows(rows: torch.Tensor, min_rows: int) -> torch.Tensor:

@@ -250,3 +250,55 @@ def test_amp_setting_is_checked():
 
     again = replace(EvalContext(adapter, Removal("mean"), amp="fp16"), amp=None)
     assert again.adapter.metric_amp is None
+
+
+@pytest.mark.parametrize("name", ["cls+registers, token pool", "no prefix, avg pool", "dynamic image size"])
+@pytest.mark.parametrize("strategy", ["mean", "blur", "distractor"])
+def test_filled_patch_masks_compose_embedded_tokens(name, strategy):
+    """A boolean patch mask is applied to the embedded tokens of the clean and the filled image
+    (each embedded once per call, not once per masked input); the probabilities are those of the
+    composed pixels through the whole model."""
+    from xaibench.engine import composes_tokens
+
+    adapter = _vit(**MODELS[name])
+    assert composes_tokens(adapter)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    keep = _keep(3, 6, 16, seed=6, low=0)
+    pool = torch.randn(5, 3, 32, 32, generator=g)
+    removal = Removal(strategy, n_draws=2, seed=1, distractors=pool if strategy == "distractor" else None)
+    ids = ["a", "b", "c"]
+    embedded = []
+    hook = adapter.model.patch_embed.register_forward_hook(lambda _m, i, _o: embedded.append(len(i[0])))
+    adapter.chunk_size = 4
+    out = adapter.masked_probs(x, keep, removal, ids=ids)
+    hook.remove()
+    D = removal.draws
+    assert embedded == [3, 3 * D]  # the clean images, then every fill: no embedding per pass
+    fill = removal.fill(x, ids)
+    pixels = adapter.patch_keep_to_pixels(keep.flatten(0, 1)).view(3, 6, 32, 32)
+    with torch.no_grad():
+        reference = torch.stack(
+            [
+                torch.stack(
+                    [
+                        adapter.logits(Removal.compose(x[b : b + 1], pixels[b, m : m + 1], fill[b, :, ...]))
+                        .softmax(-1)
+                        .mean(0)
+                        for m in range(6)
+                    ]
+                )
+                for b in range(3)
+            ]
+        )
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=0)
+    soft = adapter.masked_probs(x, keep.float(), removal, ids=ids)  # soft masks: the pixel path
+    torch.testing.assert_close(soft, out, atol=1e-6, rtol=0)
+
+
+def test_overlapping_patch_embeddings_compose_pixels():
+    from xaibench.engine import composes_tokens
+
+    adapter = _vit()
+    adapter.model.patch_embed.proj.padding = (1, 1)  # a patch's token would see its neighbours
+    assert not composes_tokens(adapter)
