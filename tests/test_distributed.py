@@ -80,7 +80,8 @@ def test_two_ranks_write_what_one_process_writes(single, tmp_path):
 
 def test_a_killed_rank_resumes_its_own_shards(single, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
-    assert torchrun(cache, out).returncode == 0
+    first = torchrun(cache, out)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-8000:]
     d = only_dir(out)
     shard = d / "parts" / "grad_x_input_test" / "shard-1-of-2"
     kept = (d / "parts" / "random" / "shard-0-of-2" / "scores.csv").stat().st_mtime_ns
