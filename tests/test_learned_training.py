@@ -595,10 +595,7 @@ def test_every_run_preset_has_a_training_budget(preset):
     from xaibench.cost import Shape
 
     shape = Shape(num_patches=196, prefix_tokens=1, is_vit=True)
-    assert (
-        common.stopping_rule(FitContext(cache_dir="unused", preset=preset))
-        is common.STOPPING["quick" if preset == "quick" else "paper"]
-    )
+    assert common.stopping_rule(preset) is common.STOPPING["quick" if preset == "quick" else "paper"]
     for name in ("vit_shapley", "salvage", "comet"):
         cost = create_method(name, preset=preset).fit_cost(shape, 1000).equivalent
         quick = create_method(name, preset="quick").fit_cost(shape, 1000).equivalent

@@ -25,7 +25,6 @@ from xaibench.seeding import generator
 
 from ..base import AttributionMethod, Requires
 from .common import (
-    STOPPING,
     cache_key,
     holdout,
     in_chunks,
@@ -36,7 +35,6 @@ from .common import (
     stopping_rule,
     train_cached,
     train_to_plateau,
-    training_budget,
     training_line,
 )
 from .explainer import PatchExplainer
@@ -154,7 +152,7 @@ class AmortizedExplainer(AttributionMethod):
         return Cost(1 + shape.kept(shape.num_patches) + shape.kept(0))
 
     def fit_cost(self, shape: Shape, n_train: int) -> Cost:
-        rule = STOPPING[training_budget(self.preset)]
+        rule = stopping_rule(self.preset)
         return explainer_fit_cost(self.params, rule, shape) + surrogate_fit_cost(self.preset, shape)
 
     # ---- shared machinery
@@ -172,7 +170,7 @@ class AmortizedExplainer(AttributionMethod):
         return v[:, 0], v[:, 1]
 
     def fit(self, adapter, train_data, ctx) -> None:
-        rule = stopping_rule(ctx)
+        rule = stopping_rule(ctx.preset)
         hold = holdout(train_data, ctx, rule)
         sur, sur_key, sur_info = fit_surrogate(adapter, train_data, ctx)
         self.surrogate = sur

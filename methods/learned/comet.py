@@ -36,7 +36,6 @@ from xaibench.errors import UserError
 
 from ..base import AttributionMethod, Requires, register_method
 from .common import (
-    STOPPING,
     cache_key,
     clone_adapter,
     holdout,
@@ -48,7 +47,6 @@ from .common import (
     stopping_rule,
     train_cached,
     train_to_plateau,
-    training_budget,
     training_line,
 )
 
@@ -157,13 +155,13 @@ class Comet(AttributionMethod):
     def fit_cost(self, shape: Shape, n_train: int) -> Cost:
         """At the step cap (an upper bound): per image, predictor and detector forward and backward
         (the detector's gradient reaches the selector); validation: both forwards."""
-        rule = STOPPING[training_budget(self.preset)]
+        rule = stopping_rule(self.preset)
         training = rule.max_steps * self.params.batch_size * (2 * FORWARD_BACKWARD)
         return training + rule.rounds * rule.val_images * Cost(2.0)
 
     def fit(self, adapter, train_data, ctx) -> None:
         p = self.params
-        rule = stopping_rule(ctx)
+        rule = stopping_rule(ctx.preset)
         hold = holdout(train_data, ctx, rule)
         selector = seeded_init(ctx.seed, "comet-selector", build=lambda: Selector(p.selector_width))
         selector = selector.to(adapter.device)

@@ -110,8 +110,9 @@ def training_budget(preset: str) -> str:
     return "quick" if preset == "quick" else "paper"
 
 
-def stopping_rule(ctx) -> StoppingRule:
-    return STOPPING[training_budget(ctx.preset)]
+def stopping_rule(preset: str) -> StoppingRule:
+    """The stopping rule learned methods train under in a run of ``preset``."""
+    return STOPPING[training_budget(preset)]
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, rule: StoppingRule, kind: str):

@@ -24,7 +24,6 @@ from xaibench.cost import Cost, Shape
 from xaibench.seeding import generator
 
 from .common import (
-    STOPPING,
     cache_key,
     clone_adapter,
     holdout,
@@ -69,7 +68,7 @@ def surrogate_fit_cost(preset: str, shape: Shape) -> Cost:
     """Forward-equivalents of training the surrogate at the step cap (an upper bound): per image,
     the classifier's clean forward and the surrogate's masked forwards and backwards (sizes
     uniform, so half the patches kept on average); validation rounds added."""
-    recipe, rule = RECIPES[training_budget(preset)], STOPPING[training_budget(preset)]
+    recipe, rule = RECIPES[training_budget(preset)], stopping_rule(preset)
     half = shape.kept(shape.num_patches / 2)
     per_image = Cost(1 + recipe.masks_per_image * half, recipe.masks_per_image * half)
     validation = rule.rounds * rule.val_images * Cost(rule.val_masks * half)
@@ -81,7 +80,7 @@ def fit_surrogate(
 ) -> Tuple[ModelAdapter, str, dict]:
     """The surrogate of ``adapter`` (trained, or loaded from the cache): (adapter, cache key, summary)."""
     recipe = recipe or RECIPES[training_budget(ctx.preset)]
-    rule = stopping_rule(ctx)
+    rule = stopping_rule(ctx.preset)
     hold = holdout(train_split, ctx, rule)
     key = cache_key(
         "surrogate",
