@@ -124,9 +124,10 @@ def sharding_advice(n_images: int, batch_size: int, world: int) -> Optional[str]
     if world < 2 or n_images == 0:
         return None
 
-    def images(b: int) -> List[int]:
-        sizes = [min(b, n_images - s) for s in range(0, n_images, b)]
-        return [sum(sizes[r::world]) for r in range(world)]
+    def images(b: int) -> List[int]:  # images per rank with batches of b
+        return [
+            sum(min(b, n_images - i * b) for i in rank_batches(n_images, b, r, world)) for r in range(world)
+        ]
 
     counts = images(batch_size)
     if max(counts) <= 1.25 * -(-n_images // world):
